@@ -1,0 +1,44 @@
+"""The package's one error hierarchy: callers catch ``B2CError`` or a precise subclass, never bare ``Exception``."""
+
+from __future__ import annotations
+
+
+class B2CError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(B2CError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+class ProtocolError(B2CError):
+    """A message from or for M-PESA does not have the shape the interface requires."""
+
+
+class UnsafeXmlError(ProtocolError):
+    """Untrusted XML tried to use a DTD, an entity, or exceeded the size limits."""
+
+
+class InvalidCommand(B2CError):
+    """A payout command failed validation; ``field`` names the offending field (or ``"$"`` for the whole)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class LedgerError(B2CError):
+    """The ledger could not record or read a payout."""
+
+
+class BrokerUnavailable(B2CError):
+    """RabbitMQ cannot be reached; the message names the URL (without its password)."""
+
+
+class GatewayError(B2CError):
+    """The M-PESA gateway client could not be set up (bad WSDL, certificate, TLS files)."""

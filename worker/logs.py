@@ -1,0 +1,60 @@
+"""Logging set-up with a last line of defence: every record is scrubbed of secrets and phone numbers.
+
+Code should never log a secret or a full MSISDN in the first place; this filter catches what slips through
+(an exception message quoting a request, a library's debug output) before any handler writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+from worker.redact import mask_msisdns_in_text
+
+_secrets: set[str] = set()
+_lock = threading.Lock()
+
+
+def scrub(text: str) -> str:
+    """The text with every registered secret and every Kenyan mobile number masked."""
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        text = text.replace(secret, "********")
+    return mask_msisdns_in_text(text)
+
+
+def register_secret(value: str) -> None:
+    """Make sure this value is masked wherever it would appear in a log line (passwords, credentials)."""
+    if len(value) >= 4:
+        with _lock:
+            _secrets.add(value)
+
+
+class ScrubFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        record.msg = scrub(message)
+        record.args = None
+        return True
+
+
+def setup_logging(level: str, secrets: list[str] | None = None) -> None:
+    """Configure the root logger once per process, with the scrub filter on every handler."""
+    for secret in secrets or []:
+        register_secret(secret)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
+    handler.addFilter(ScrubFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # pika at DEBUG prints frames including message bodies, which carry phone numbers.
+    logging.getLogger("pika").setLevel(max(logging.getLevelName(level), logging.INFO))

@@ -1,0 +1,29 @@
+"""Masking of phone numbers, shared by events and logs: a full MSISDN never leaves the ledger."""
+
+from __future__ import annotations
+
+import re
+
+_MSISDN_IN_TEXT = re.compile(r"(?<![0-9])(\+?254|0)([17])([0-9]{6})([0-9]{2})(?![0-9])")
+
+
+def mask_msisdn(msisdn: str) -> str:
+    """Keep country and operator prefix and the last two digits (``2547******78``) so support can still
+    tell numbers apart; anything unrecognised is masked but for its last two characters."""
+    match = _MSISDN_IN_TEXT.fullmatch(msisdn)
+    if match is not None:
+        return _mask_match(match)
+    if len(msisdn) <= 4:
+        return "*" * len(msisdn)
+    return "*" * (len(msisdn) - 2) + msisdn[-2:]
+
+
+def mask_msisdns_in_text(text: str) -> str:
+    """Mask every Kenyan mobile number (``254…``, ``+254…``, ``07…``, ``01…``) inside free text, e.g. an
+    M-PESA result description or a log line."""
+    return _MSISDN_IN_TEXT.sub(_mask_match, text)
+
+
+def _mask_match(match: re.Match[str]) -> str:
+    prefix, operator, middle, last = match.groups()
+    return f"{prefix}{operator}{'*' * len(middle)}{last}"
