@@ -6,6 +6,8 @@ Every byte that comes from the network (a SOAP envelope, the CDATA document insi
 
 from __future__ import annotations
 
+from typing import Any
+
 from lxml import etree
 
 from worker.errors import ProtocolError, UnsafeXmlError
@@ -27,8 +29,11 @@ def _parser() -> etree.XMLParser:
 
 
 def parse_untrusted(data: bytes | str, *, max_bytes: int = MAX_XML_BYTES) -> etree._Element:
-    """Parse one untrusted XML document; raise UnsafeXmlError for DTDs/entities/oversize, ProtocolError otherwise."""
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+    """Parse one untrusted document: UnsafeXmlError for DTDs, entities, oversize; ProtocolError otherwise."""
+    try:
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(f"text that is not valid Unicode: {exc.reason}") from exc
     if len(raw) > max_bytes:
         raise UnsafeXmlError(f"XML document of {len(raw)} bytes exceeds the {max_bytes} byte limit")
     if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw or b"<!doctype" in raw:
@@ -41,7 +46,7 @@ def parse_untrusted(data: bytes | str, *, max_bytes: int = MAX_XML_BYTES) -> etr
         root = etree.fromstring(raw, parser=_parser())
     except etree.XMLSyntaxError as exc:
         raise ProtocolError(f"malformed XML: {exc.msg}") from exc
-    docinfo = root.getroottree().docinfo
+    docinfo: Any = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None:
         raise UnsafeXmlError("XML with a DTD is refused")
     for node in root.iter():
@@ -59,8 +64,8 @@ def child(element: etree._Element, name: str, *, ignore_case: bool = True) -> et
     """First direct child with this local name, in any namespace (case-insensitive by default)."""
     wanted = name.lower() if ignore_case else name
     for node in element:
-        if not isinstance(node.tag, str):
-            continue
+        if not isinstance(node.tag, str):  # comments and processing instructions
+            continue  # type: ignore[unreachable]
         tag = local_name(node)
         if (tag.lower() if ignore_case else tag) == wanted:
             return node
