@@ -1,0 +1,118 @@
+"""Helpers for the ledger tests: builders for commands and results, the outbox reader, a side door."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from jsonschema import Draft202012Validator, FormatChecker
+
+from worker.ledger import Ledger, open_ledger
+from worker.payouts import CommandId, PayoutCommand, originator_conversation_id
+from worker.protocol.result import Result, build_result_envelope, parse_result_envelope
+from worker.resources import schema_path
+from worker.settings import LedgerSettings
+
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+SHORTCODE = "600000"
+ORG = "mpesab2c"
+
+_EVENT_VALIDATOR = Draft202012Validator(
+    json.loads(schema_path("payout-event.schema.json").read_text()), format_checker=FormatChecker()
+)
+
+
+@dataclass
+class Database:
+    """Where one test's ledger lives, with a side door for looking at its tables directly."""
+
+    kind: str
+    settings: LedgerSettings
+
+    def open(self) -> Ledger:
+        return open_ledger(self.settings)
+
+    def query(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.settings.sqlite_path)
+            try:
+                cursor = conn.execute(sql, params)
+                names = [column[0] for column in cursor.description]
+                return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            finally:
+                conn.close()
+        assert self.settings.database_url is not None
+        with psycopg.connect(self.settings.database_url) as pg:
+            cur = pg.execute(sql.replace("?", "%s"), params)
+            names = [column.name for column in cur.description or []]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def make_command(payout_id: str | None = None, amount: str = "1500.00", **overrides: Any) -> PayoutCommand:
+    fields: dict[str, Any] = {
+        "payout_id": payout_id or f"p-{uuid.uuid4().hex[:12]}",
+        "msisdn": "254712345678",
+        "amount": Decimal(amount),
+        "command": CommandId.BUSINESS_PAYMENT,
+        "remarks": "Payout",
+        "occasion": None,
+        "metadata": {"order": 42},
+    }
+    fields.update(overrides)
+    return PayoutCommand(**fields)
+
+
+def ocid(payout_id: str) -> str:
+    return originator_conversation_id(SHORTCODE, ORG, payout_id)
+
+
+def result_body(
+    *,
+    code: str,
+    originator: str | None,
+    conversation_id: str | None = "AG_20240501_0000abc",
+    receipt: str | None = "SE17ABCDEF",
+    amount: str = "1500.00",
+) -> bytes:
+    parameters = {
+        "TransactionAmount": amount,
+        "TransactionCompletedDateTime": "01.05.2024 12:30:11",
+        "ReceiverPartyPublicName": "254712345678 - Jane Doe",
+        "B2CWorkingAccountAvailableFunds": "98500.00",
+        "B2CUtilityAccountAvailableFunds": "48500.00",
+        "B2CChargesPaidAccountAvailableFunds": "0.00",
+        "B2CRecipientIsRegisteredCustomer": "Y",
+    }
+    if receipt is not None:
+        parameters["TransactionReceipt"] = receipt
+    return build_result_envelope(
+        code=code,
+        description=f"result code {code} for 254712345678",
+        originator_conversation_id=originator,
+        conversation_id=conversation_id,
+        transaction_id=receipt,
+        parameters=parameters,
+    )
+
+
+def make_result(**kwargs: Any) -> tuple[bytes, Result]:
+    """A real callback body and what the real parser makes of it."""
+    raw = result_body(**kwargs)
+    return raw, parse_result_envelope(raw)
+
+
+def events(ledger: Ledger, payout_id: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The pending outbox as (routing key, event), each event checked against the published schema."""
+    found = []
+    for row in ledger.outbox_pending(limit=1000, payout_id=payout_id):
+        event = json.loads(row.body)
+        errors = sorted(str(error.message) for error in _EVENT_VALIDATOR.iter_errors(event))
+        assert not errors, (event, errors)
+        assert event["event_id"] == row.event_id
+        found.append((row.routing_key, event))
+    return found

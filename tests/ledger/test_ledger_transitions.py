@@ -1,0 +1,305 @@
+"""Recording commands and every status change the worker makes, with the events each one stores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, timedelta
+from decimal import Decimal
+
+import pytest
+from ledger_helpers import Database, events, make_command, ocid
+
+from worker.errors import LedgerError
+from worker.ledger import Ledger, RecordOutcome, TransitionRefused, UnknownPayout
+from worker.payouts import PayoutStatus
+
+
+def test_record_stores_a_received_payout_without_an_event(ledger: Ledger) -> None:
+    command = make_command(amount="12345678901234567.89", metadata={"order": 7, "nested": {"a": [1, "b"]}})
+    recorded = ledger.record(command, ocid(command.payout_id))
+
+    assert recorded.outcome is RecordOutcome.NEW
+    payout = recorded.payout
+    assert payout.status is PayoutStatus.RECEIVED
+    assert payout.send_attempts == 0
+    assert payout.command == command
+    assert payout.command.amount == Decimal("12345678901234567.89")
+    assert payout.fingerprint == command.fingerprint()
+    assert payout.originator_conversation_id == ocid(command.payout_id)
+    assert payout.created_at.tzinfo is not None and payout.created_at.utcoffset() == timedelta(0)
+    assert abs(payout.created_at - payout.updated_at) < timedelta(seconds=1)
+    assert ledger.get(command.payout_id) == payout
+    assert events(ledger) == []
+    assert ledger.outbox_backlog() == 0
+
+
+def test_repeated_command_is_a_duplicate_with_the_current_status(ledger: Ledger) -> None:
+    command = make_command()
+    ledger.record(command, ocid(command.payout_id))
+    again = ledger.record(make_command(command.payout_id), ocid(command.payout_id))
+
+    assert again.outcome is RecordOutcome.DUPLICATE
+    assert again.payout.status is PayoutStatus.RECEIVED
+    [(key, event)] = events(ledger)
+    assert key == "payout.accepted"
+    assert event["duplicate"] is True
+    assert event["status"] == "received"
+    assert event["payout_id"] == command.payout_id
+
+    ledger.begin_send(command.payout_id)
+    ledger.mark_rejected(
+        command.payout_id, reason="mpesa_rejected", code="SVC0001", description="no", message="refused"
+    )
+    third = ledger.record(command, ocid(command.payout_id))
+    assert third.outcome is RecordOutcome.DUPLICATE
+    key, event = events(ledger)[-1]
+    assert (key, event["status"], event["duplicate"], event["reason"]) == (
+        "payout.rejected",
+        "rejected",
+        True,
+        "mpesa_rejected",
+    )
+
+
+def test_same_payout_id_with_other_content_is_a_conflict_leaving_the_original(ledger: Ledger) -> None:
+    original = make_command(amount="100.00")
+    ledger.record(original, ocid(original.payout_id))
+    other = make_command(original.payout_id, amount="200.00", metadata={"order": 43})
+
+    conflict = ledger.record(other, ocid(original.payout_id))
+
+    assert conflict.outcome is RecordOutcome.CONFLICT
+    assert conflict.payout.command == original
+    stored = ledger.get(original.payout_id)
+    assert stored is not None and stored.command == original and stored.status is PayoutStatus.RECEIVED
+    [(key, event)] = events(ledger)
+    assert key == "payout.rejected"
+    assert event["reason"] == "idempotency_conflict"
+    assert event["payout_id"] == original.payout_id
+    assert event["amount"] == "200.00"
+    assert event["metadata"] == {"order": 43}
+    assert event["duplicate"] is False
+
+
+def test_originator_id_of_another_payout_is_refused(ledger: Ledger) -> None:
+    first = make_command()
+    ledger.record(first, ocid(first.payout_id))
+    with pytest.raises(LedgerError, match="belongs to another payout"):
+        ledger.record(make_command(), ocid(first.payout_id))
+    assert sum(ledger.count_by_status().values()) == 1
+
+
+def test_happy_path_events_and_idempotent_acceptance(ledger: Ledger, new_payout: Callable[..., str]) -> None:
+    payout_id = new_payout()
+
+    sending = ledger.begin_send(payout_id)
+    assert (sending.status, sending.send_attempts) == (PayoutStatus.SENDING, 1)
+    assert events(ledger) == []
+
+    accepted = ledger.mark_accepted(payout_id, conversation_id="AG_1", code="0", description="Accepted")
+    assert accepted.status is PayoutStatus.ACCEPTED
+    assert (accepted.conversation_id, accepted.response_code, accepted.response_desc) == ("AG_1", "0", "Accepted")
+    again = ledger.mark_accepted(payout_id, conversation_id="AG_2", code="0", description="Accepted")
+    assert again == accepted
+
+    [(key, event)] = events(ledger)
+    assert key == "payout.accepted"
+    assert event["status"] == "accepted"
+    assert event["conversation_id"] == "AG_1"
+    assert event["response"] == {"code": "0", "description": "Accepted"}
+    assert event["msisdn_masked"] == "2547******78"
+
+
+def test_begin_send_from_every_status(ledger: Ledger, new_payout: Callable[..., str]) -> None:
+    payout_id = new_payout()
+    assert ledger.begin_send(payout_id).send_attempts == 1
+    redelivered = ledger.begin_send(payout_id)
+    assert (redelivered.status, redelivered.send_attempts) == (PayoutStatus.SENDING, 2)
+
+    ledger.mark_unknown(payout_id, reason="no_response", code=None, description=None)
+    retried = ledger.begin_send(payout_id)
+    assert (retried.status, retried.send_attempts) == (PayoutStatus.SENDING, 3)
+
+    accepted = ledger.mark_accepted(payout_id, conversation_id="AG", code="0", description="ok")
+    assert ledger.begin_send(payout_id) == accepted
+
+    final_id = new_payout()
+    ledger.begin_send(final_id)
+    rejected = ledger.mark_rejected(final_id, reason="mpesa_rejected", code="1", description="x", message="m")
+    assert ledger.begin_send(final_id) == rejected
+
+
+def test_rejection_is_final(ledger: Ledger, new_payout: Callable[..., str]) -> None:
+    payout_id = new_payout()
+    ledger.begin_send(payout_id)
+    rejected = ledger.mark_rejected(
+        payout_id, reason="mpesa_rejected", code="SVC0002", description="Invalid input", message="bad msisdn"
+    )
+    assert rejected.status is PayoutStatus.REJECTED
+    assert rejected.reason == "mpesa_rejected"
+
+    assert ledger.mark_accepted(payout_id, conversation_id="AG", code="0", description="ok") == rejected
+    assert ledger.mark_unknown(payout_id, reason="no_response", code=None, description=None) == rejected
+    assert ledger.mark_rejected(payout_id, reason="mpesa_rejected", code="1", description="d", message="m") == rejected
+    assert ledger.mark_not_sent(payout_id, code="26", description="busy") == rejected
+
+    [(key, event)] = events(ledger)
+    assert key == "payout.rejected"
+    assert (event["reason"], event["message"]) == ("mpesa_rejected", "bad msisdn")
+    assert event["response"] == {"code": "SVC0002", "description": "Invalid input"}
+
+
+def test_unknown_then_resend_then_accepted(ledger: Ledger, new_payout: Callable[..., str]) -> None:
+    payout_id = new_payout()
+    ledger.begin_send(payout_id)
+    unknown = ledger.mark_unknown(payout_id, reason="no_response", code=None, description=None)
+    assert (unknown.status, unknown.reason) == (PayoutStatus.UNKNOWN, "no_response")
+    assert ledger.mark_unknown(payout_id, reason="no_response", code=None, description=None) == unknown
+
+    ledger.begin_send(payout_id)
+    accepted = ledger.mark_accepted(payout_id, conversation_id="AG", code="0", description="ok")
+    assert accepted.reason is None
+
+    assert [(key, event["status"], event["reason"]) for key, event in events(ledger)] == [
+        ("payout.unknown", "unknown", "no_response"),
+        ("payout.accepted", "accepted", None),
+    ]
+
+
+def test_unknown_directly_to_accepted(ledger: Ledger, new_payout: Callable[..., str]) -> None:
+    payout_id = new_payout()
+    ledger.begin_send(payout_id)
+    ledger.mark_unknown(payout_id, reason="unrecognised_response", code="999", description="??")
+    accepted = ledger.mark_accepted(payout_id, conversation_id="AG", code="0", description="ok")
+    assert accepted.status is PayoutStatus.ACCEPTED
+    assert [key for key, _ in events(ledger)] == ["payout.unknown", "payout.accepted"]
+
+
+def test_not_sent_goes_back_to_received_without_event(ledger: Ledger, new_payout: Callable[..., str]) -> None:
+    payout_id = new_payout()
+    ledger.begin_send(payout_id)
+    back = ledger.mark_not_sent(payout_id, code="26", description="System busy")
+    assert (back.status, back.send_attempts, back.response_code) == (PayoutStatus.RECEIVED, 1, "26")
+    assert ledger.mark_not_sent(payout_id, code="26", description="again") == back
+    assert ledger.begin_send(payout_id).send_attempts == 2
+    assert events(ledger) == []
+
+
+def test_refused_and_unknown_transitions(ledger: Ledger, new_payout: Callable[..., str]) -> None:
+    payout_id = new_payout()
+    with pytest.raises(TransitionRefused) as refused:
+        ledger.mark_accepted(payout_id, conversation_id="AG", code="0", description="ok")
+    assert (refused.value.current, refused.value.target) == (PayoutStatus.RECEIVED, PayoutStatus.ACCEPTED)
+    with pytest.raises(TransitionRefused):
+        ledger.mark_unknown(payout_id, reason="no_response", code=None, description=None)
+
+    ledger.begin_send(payout_id)
+    ledger.mark_accepted(payout_id, conversation_id="AG", code="0", description="ok")
+    with pytest.raises(TransitionRefused):
+        ledger.mark_rejected(payout_id, reason="mpesa_rejected", code="1", description="d", message="m")
+    stored = ledger.get(payout_id)
+    assert stored is not None and stored.status is PayoutStatus.ACCEPTED
+    assert len(events(ledger)) == 1
+
+    calls: list[Callable[[], object]] = [
+        lambda: ledger.begin_send("nope"),
+        lambda: ledger.mark_accepted("nope", conversation_id=None, code="0", description=None),
+        lambda: ledger.mark_not_sent("nope", code=None, description=None),
+    ]
+    for call in calls:
+        with pytest.raises(UnknownPayout):
+            call()
+
+
+def test_an_invalid_reason_changes_nothing(ledger: Ledger, new_payout: Callable[..., str]) -> None:
+    payout_id = new_payout()
+    ledger.begin_send(payout_id)
+    with pytest.raises(ValueError, match="reason"):
+        ledger.mark_rejected(payout_id, reason="because", code=None, description=None, message="m")
+    stored = ledger.get(payout_id)
+    assert stored is not None and stored.status is PayoutStatus.SENDING
+    assert events(ledger) == []
+
+
+def test_record_invalid_keeps_the_raw_command(ledger: Ledger, database: Database) -> None:
+    ledger.record_invalid(b"{not json", payout_id=None, reason="invalid_command", message="$: not JSON")
+    ledger.record_invalid(b'{"payout_id": "p-9"}', payout_id="p-9", reason="invalid_command", message="msisdn")
+
+    rows = database.query("SELECT raw, payout_id, reason, message FROM invalid_commands ORDER BY id")
+    assert [(bytes(row["raw"]), row["payout_id"]) for row in rows] == [
+        (b"{not json", None),
+        (b'{"payout_id": "p-9"}', "p-9"),
+    ]
+    assert [(key, event["payout_id"], event["reason"], event["message"]) for key, event in events(ledger)] == [
+        ("payout.rejected", None, "invalid_command", "$: not JSON"),
+        ("payout.rejected", "p-9", "invalid_command", "msisdn"),
+    ]
+
+
+def test_queries(ledger: Ledger, new_payout: Callable[..., str]) -> None:
+    first, second, third = new_payout(), new_payout(), new_payout()
+    ledger.begin_send(second)
+    ledger.mark_accepted(second, conversation_id="AG_second", code="0", description="ok")
+    ledger.begin_send(third)
+
+    counts = ledger.count_by_status()
+    assert counts == {
+        "received": 1,
+        "sending": 1,
+        "accepted": 1,
+        "rejected": 0,
+        "unknown": 0,
+        "completed": 0,
+        "failed": 0,
+    }
+    assert [p.payout_id for p in ledger.list_payouts()] == [first, second, third]
+    assert [p.payout_id for p in ledger.list_payouts(PayoutStatus.ACCEPTED)] == [second]
+    assert len(ledger.list_payouts(limit=2)) == 2
+
+    by_originator = ledger.find(originator_conversation_id=ocid(second))
+    by_conversation = ledger.find(conversation_id="AG_second")
+    assert by_originator is not None and by_originator.payout_id == second
+    assert by_conversation == by_originator
+    assert ledger.find(originator_conversation_id="nope", conversation_id="AG_second") == by_originator
+    assert ledger.find(originator_conversation_id="nope") is None
+    assert ledger.get("nope") is None
+    assert all(p.updated_at.tzinfo == UTC for p in ledger.list_payouts())
+
+
+def test_duplicate_event_left_to_the_caller(ledger: Ledger) -> None:
+    command = make_command()
+    ledger.record(command, ocid(command.payout_id))
+    quiet = ledger.record(command, ocid(command.payout_id), announce_duplicate=False)
+    assert quiet.outcome is RecordOutcome.DUPLICATE
+    assert events(ledger) == []
+
+    ledger.begin_send(command.payout_id)
+    noted = ledger.note_duplicate(command.payout_id)
+    assert noted.status is PayoutStatus.SENDING
+    [(key, event)] = events(ledger)
+    assert (key, event["status"], event["duplicate"]) == ("payout.accepted", "sending", True)
+    with pytest.raises(UnknownPayout):
+        ledger.note_duplicate("nope")
+
+
+def test_claim_send_is_won_by_exactly_one_snapshot(ledger: Ledger, new_payout: Callable[..., str]) -> None:
+    payout_id = new_payout()
+    won = ledger.claim_send(payout_id, expected_attempts=0)
+    assert won is not None and (won.status, won.send_attempts) == (PayoutStatus.SENDING, 1)
+    assert ledger.claim_send(payout_id, expected_attempts=0) is None
+    again = ledger.claim_send(payout_id, expected_attempts=1)
+    assert again is not None and again.send_attempts == 2
+    ledger.mark_accepted(payout_id, conversation_id="AG_1", code="0", description="ok")
+    assert ledger.claim_send(payout_id, expected_attempts=2) is None
+
+
+def test_concurrent_claims_from_one_snapshot_let_one_sender_through(
+    ledger: Ledger, new_payout: Callable[..., str]
+) -> None:
+    payout_id = new_payout()
+    with ThreadPoolExecutor(8) as pool:
+        claims = list(pool.map(lambda _: ledger.claim_send(payout_id, expected_attempts=0), range(8)))
+    assert sum(claim is not None for claim in claims) == 1
+    stored = ledger.get(payout_id)
+    assert stored is not None and stored.send_attempts == 1

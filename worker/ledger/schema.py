@@ -1,0 +1,118 @@
+"""The ledger's tables, created and migrated automatically on open.
+
+Migrations are numbered and only ever appended. They run in one write transaction that first takes the
+engine's schema lock (an advisory lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so any number of
+processes may open the same ledger at once: the first creates the tables, the rest find them there.
+
+Amounts are NUMERIC (PostgreSQL) or TEXT (SQLite), never floating point; timestamps are TIMESTAMPTZ or
+fixed-width ISO 8601 UTC text, which sorts and compares correctly as text.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from worker.ledger.engine import Session
+
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """
+            CREATE TABLE IF NOT EXISTS payouts (
+                payout_id TEXT PRIMARY KEY,
+                originator_conversation_id TEXT NOT NULL UNIQUE,
+                fingerprint TEXT NOT NULL,
+                command TEXT NOT NULL,
+                amount {numeric} NOT NULL,
+                status TEXT NOT NULL,
+                conversation_id TEXT,
+                send_attempts INTEGER NOT NULL DEFAULT 0,
+                response_code TEXT,
+                response_desc TEXT,
+                result_code TEXT,
+                result_desc TEXT,
+                receipt TEXT,
+                reason TEXT,
+                message TEXT,
+                final_details TEXT,
+                created_at {ts} NOT NULL,
+                updated_at {ts} NOT NULL,
+                accepted_at {ts},
+                finalised_at {ts}
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS payouts_conversation_id ON payouts (conversation_id)",
+            "CREATE INDEX IF NOT EXISTS payouts_status_updated ON payouts (status, updated_at)",
+            """
+            CREATE TABLE IF NOT EXISTS outbox (
+                id {serial_pk},
+                event_id TEXT NOT NULL UNIQUE,
+                payout_id TEXT,
+                routing_key TEXT NOT NULL,
+                body {blob} NOT NULL,
+                created_at {ts} NOT NULL,
+                claimed_until {ts},
+                published_at {ts}
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (id) WHERE published_at IS NULL",
+            "CREATE INDEX IF NOT EXISTS outbox_payout ON outbox (payout_id, id) WHERE published_at IS NULL",
+            """
+            CREATE TABLE IF NOT EXISTS results (
+                id {serial_pk},
+                received_at {ts} NOT NULL,
+                raw {blob} NOT NULL,
+                originator_conversation_id TEXT,
+                conversation_id TEXT,
+                transaction_id TEXT,
+                result_code TEXT,
+                outcome TEXT,
+                disposition TEXT NOT NULL,
+                payout_id TEXT,
+                applied BOOLEAN NOT NULL,
+                note TEXT
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS results_payout ON results (payout_id)",
+            "CREATE INDEX IF NOT EXISTS results_originator ON results (originator_conversation_id)",
+            """
+            CREATE TABLE IF NOT EXISTS invalid_commands (
+                id {serial_pk},
+                received_at {ts} NOT NULL,
+                raw {blob} NOT NULL,
+                payout_id TEXT,
+                reason TEXT NOT NULL,
+                message TEXT NOT NULL
+            )
+            """,
+        ),
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+def migrate(session: Session[Any]) -> int:
+    """Bring the schema up to date inside the caller's write transaction; return the version reached."""
+    session.engine.lock_schema(session)
+    session.run(
+        session.engine.ddl(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at {ts} NOT NULL)"
+        )
+    )
+    row = session.one("SELECT MAX(version) AS version FROM schema_version")
+    current = int(row["version"]) if row and row["version"] is not None else 0
+    for version, statements in MIGRATIONS:
+        if version <= current:
+            continue
+        for statement in statements:
+            session.run(session.engine.ddl(statement))
+        session.run(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+            version,
+            session.time(datetime.now(UTC)),
+        )
+        current = version
+    return current
