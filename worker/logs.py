@@ -56,5 +56,5 @@ def setup_logging(level: str, secrets: list[str] | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # pika at DEBUG prints frames including message bodies, which carry phone numbers.
-    logging.getLogger("pika").setLevel(max(logging.getLevelName(level), logging.INFO))
+    # pika's INFO is connection chatter and its DEBUG prints frames with message bodies (phone numbers).
+    logging.getLogger("pika").setLevel(logging.WARNING)

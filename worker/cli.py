@@ -1,0 +1,174 @@
+"""``mpesa-b2c``: one command, a subcommand per role. Settings come from B2C_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from worker import __version__
+from worker.amqp import follow_events, publish_commands
+from worker.demo import run_demo
+from worker.errors import B2CError, BrokerUnavailable, ConfigError
+from worker.logs import setup_logging
+from worker.runtime import ReceiverService, WorkerService
+from worker.settings import Settings, load_settings
+from worker.simulator import serve
+from worker.simulator.cli_args import add_simulator_arguments, options_from_args
+
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_BROKER = 3
+
+
+def _on_signals(action: threading.Event | None, stop: object) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        if action is not None:
+            action.set()
+        if callable(stop):
+            stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    service = WorkerService(settings, metrics_host=args.host, metrics_port=args.metrics_port)
+    _on_signals(None, service.consumer.stop)
+    service.run()
+    return 0
+
+
+def cmd_callbacks(settings: Settings, args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    service = ReceiverService(settings, host=args.host, port=args.port)
+    _on_signals(stop, None)
+    print(f"callback receiver on http://{args.host}:{service.port}{service.app.result_path}", file=sys.stderr)
+    stop.wait()
+    service.stop()
+    return 0
+
+
+def cmd_simulator(settings: Settings, args: argparse.Namespace) -> int:
+    serve(settings, host=args.host, port=args.port, options=options_from_args(args))
+    return 0
+
+
+def _command_bodies(args: argparse.Namespace) -> Iterator[bytes]:
+    if args.file is None:
+        if args.command is None:
+            raise B2CError("give a command as JSON text, or --file FILE (JSON Lines; - for standard input)")
+        yield args.command.encode("utf-8")
+        return
+    stream = sys.stdin.buffer if args.file == "-" else Path(args.file).open("rb")  # noqa: SIM115
+    with stream:
+        for line in stream:
+            if line.strip():
+                yield line.strip()
+
+
+def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
+    count = publish_commands(
+        settings.amqp.url,
+        settings.amqp.command_queue,
+        _command_bodies(args),
+        declare=settings.amqp if args.declare else None,
+    )
+    print(f"published {count} command(s) to {settings.amqp.command_queue!r}")
+    return 0
+
+
+def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
+    seen = 0
+
+    def show(routing_key: str, body: bytes) -> bool:
+        nonlocal seen
+        seen += 1
+        if args.json:
+            print(body.decode("utf-8", "replace"), flush=True)
+        else:
+            event = json.loads(body)
+            extra = event.get("reason") or (event.get("result") or {}).get("receipt") or ""
+            flag = " (duplicate)" if event.get("duplicate") else ""
+            print(f"{routing_key:18} {event.get('payout_id')}{flag} {extra}".rstrip(), flush=True)
+        return args.count is None or seen < args.count
+
+    follow_events(settings.amqp.url, settings.amqp.events_exchange, show, binding=args.binding, timeout=args.timeout)
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    return run_demo(settings, timeout=args.timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mpesa-b2c",
+        description="M-PESA B2C disbursement worker, callback receiver and G2 simulator. "
+        "Configured with B2C_* environment variables (see the README's settings table).",
+    )
+    parser.add_argument("--version", action="version", version=f"mpesa-b2c {__version__}")
+    sub = parser.add_subparsers(dest="role", required=True, metavar="ROLE")
+
+    p = sub.add_parser("worker", help="consume payout commands and pay them through M-PESA")
+    p.add_argument("--host", default="127.0.0.1", help="address for /metrics and /healthz (default 127.0.0.1)")
+    p.add_argument("--metrics-port", type=int, default=8330, help="port for /metrics and /healthz (default 8330)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("callbacks", help="receive M-PESA results at the path of B2C_RESULT_URL")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8320, help="listen port (default 8320)")
+    p.set_defaults(func=cmd_callbacks)
+
+    p = sub.add_parser("simulator", help="run the M-PESA G2 simulator (fault injection by MSISDN or flag)")
+    add_simulator_arguments(p)
+    p.set_defaults(func=cmd_simulator)
+
+    p = sub.add_parser("publish", help="publish payout command(s) to the command queue")
+    p.add_argument("command", nargs="?", help="one command as JSON text")
+    p.add_argument("--file", help="a JSON Lines file of commands (- for standard input)")
+    p.add_argument("--declare", action="store_true", help="declare the queues first (normally the worker does)")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("events", help="print payout events as they arrive")
+    p.add_argument("--binding", default="payout.#", help="routing-key pattern (default payout.#)")
+    p.add_argument("--count", type=int, help="stop after this many events")
+    p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    p.add_argument("--json", action="store_true", help="print each event's full JSON")
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("demo", help="run simulator, receiver and worker locally and pay a few demo payouts")
+    p.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds (default 60)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"mpesa-b2c: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(
+        settings.log_level,
+        secrets=[settings.mpesa.sp_password.reveal(), settings.mpesa.initiator_password.reveal()],
+    )
+    try:
+        return int(args.func(settings, args))
+    except BrokerUnavailable as exc:
+        print(f"mpesa-b2c: {exc}", file=sys.stderr)
+        return EXIT_BROKER
+    except B2CError as exc:
+        print(f"mpesa-b2c: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The worker: command -> ledger -> gateway -> events, one delivery at a time on a pool thread.
+
+Money safety rests on three rules this module keeps:
+- the payout is in the ledger, and marked ``sending``, before the gateway is called;
+- every (re)send of a payout uses the OriginatorConversationID stored with it, so M-PESA refuses a second
+  payment (result 15) even when we resend after a crash;
+- the delivery is acked only after the ledger transition's events were confirmed by the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Protocol
+
+from worker import metrics
+from worker.amqp import Ack, DeadLetter, Delivery, Disposition, Requeue
+from worker.errors import B2CError, InvalidCommand, ProtocolError
+from worker.gateway import REASON_UNPARSABLE, GatewayAnswer
+from worker.ledger import Ledger, RecordOutcome
+from worker.payouts import (
+    Payout,
+    PayoutStatus,
+    RejectionReason,
+    UnknownReason,
+    extract_payout_id,
+    originator_conversation_id,
+    parse_command,
+)
+from worker.protocol.codes import ResponseOutcome
+from worker.redact import mask_msisdn
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class PaymentGateway(Protocol):
+    def pay(
+        self,
+        *,
+        originator_conversation_id: str,
+        command_id: str,
+        amount: Decimal,
+        msisdn: str,
+        remark: str,
+        reference: Mapping[str, str],
+    ) -> GatewayAnswer: ...
+
+
+class EventRelay(Protocol):
+    def flush(self, payout_id: str | None = None, *, limit: int = 500) -> int: ...
+
+
+@dataclass(frozen=True)
+class _Claim:
+    payout: Payout
+    claimed: bool
+
+
+class PayoutProcessor:
+    """Handles one command delivery; safe to call from many threads at once."""
+
+    def __init__(self, settings: Settings, ledger: Ledger, gateway: PaymentGateway, relay: EventRelay) -> None:
+        self._mpesa = settings.mpesa
+        self._delivery_limit = settings.amqp.delivery_limit
+        self._ledger = ledger
+        self._gateway = gateway
+        self._relay = relay
+        # A send older than this cannot still be running: connect + read timeouts + the whole retry budget.
+        self.send_lease_seconds = (
+            self._mpesa.connect_timeout + self._mpesa.read_timeout + self._mpesa.retry_max_seconds + 5.0
+        )
+
+    def handle(self, delivery: Delivery) -> Disposition:
+        metrics.COMMANDS_RECEIVED.inc()
+        try:
+            command = parse_command(delivery.body, amount_min=self._mpesa.amount_min, amount_max=self._mpesa.amount_max)
+        except InvalidCommand as exc:
+            return self._reject_invalid(delivery, exc)
+
+        originator = originator_conversation_id(self._mpesa.shortcode, self._mpesa.org_name, command.payout_id)
+        recorded = self._ledger.record(command, originator, announce_duplicate=False)
+        payout = recorded.payout
+        if recorded.outcome is RecordOutcome.CONFLICT:
+            metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.IDEMPOTENCY_CONFLICT.value).inc()
+            log.info("payout %s: same payout_id, different content; refused, original untouched", payout.payout_id)
+            return self._publish_then_ack(payout.payout_id)
+        if recorded.outcome is RecordOutcome.NEW:
+            claim = self._claim(payout)
+        else:
+            claim = self._resume(payout, delivery)
+            if not claim.claimed:
+                metrics.COMMANDS_DUPLICATE.inc()
+                self._ledger.note_duplicate(payout.payout_id)
+                return self._publish_then_ack(payout.payout_id)
+        if not claim.claimed:
+            # A concurrent delivery of the same payout took it between record and claim: it owns the send.
+            metrics.COMMANDS_DUPLICATE.inc()
+            self._ledger.note_duplicate(payout.payout_id)
+            return self._publish_then_ack(payout.payout_id)
+        return self._send(claim.payout, delivery)
+
+    def _claim(self, payout: Payout) -> _Claim:
+        after = self._ledger.claim_send(payout.payout_id, expected_attempts=payout.send_attempts)
+        return _Claim(payout, claimed=False) if after is None else _Claim(after, claimed=True)
+
+    def _resume(self, payout: Payout, delivery: Delivery) -> _Claim:
+        """A command we already recorded: finish it if its earlier handling died, else answer as duplicate."""
+        if payout.status is PayoutStatus.RECEIVED:
+            return self._claim(payout)
+        if payout.status is not PayoutStatus.SENDING:
+            return _Claim(payout, claimed=False)
+        # ``sending``: either another thread/process is sending right now, or one died mid-send. Only a
+        # redelivery can be the orphan of a dead worker; wait (bounded) until the send lease runs out.
+        deadline = time.monotonic() + self.send_lease_seconds
+        current = payout
+        while delivery.redelivered and current.status is PayoutStatus.SENDING:
+            if self._lease_expired(current):
+                log.warning(
+                    "payout %s: resending with the same OriginatorConversationID after an interrupted send",
+                    current.payout_id,
+                )
+                return self._claim(current)
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+            fresh = self._ledger.get(current.payout_id)
+            if fresh is None:
+                break
+            current = fresh
+        return _Claim(current, claimed=False)
+
+    def _lease_expired(self, payout: Payout) -> bool:
+        age = (datetime.now(UTC) - payout.updated_at).total_seconds()
+        return age > self.send_lease_seconds
+
+    def _send(self, payout: Payout, delivery: Delivery) -> Disposition:
+        command = payout.command
+        reference = {"Occasion": command.occasion} if command.occasion else {}
+        log.info(
+            "payout %s: sending %s KES %s to %s (attempt %d)",
+            payout.payout_id,
+            command.command.value,
+            command.amount,
+            mask_msisdn(command.msisdn),
+            payout.send_attempts,
+        )
+        try:
+            answer = self._gateway.pay(
+                originator_conversation_id=payout.originator_conversation_id,
+                command_id=command.command.value,
+                amount=command.amount,
+                msisdn=command.msisdn,
+                remark=command.remarks,
+                reference=reference,
+            )
+        except ProtocolError as exc:
+            # The request could not even be built, so nothing was sent: a command M-PESA cannot take.
+            metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.INVALID_COMMAND.value).inc()
+            self._ledger.mark_rejected(
+                payout.payout_id,
+                reason=RejectionReason.INVALID_COMMAND.value,
+                code=None,
+                description=None,
+                message=f"the request for M-PESA could not be built: {exc}",
+            )
+            return self._publish_then_ack(payout.payout_id)
+        response = answer.response
+        code = response.code if response else None
+        description = response.description if response else answer.detail
+        if answer.outcome is ResponseOutcome.ACCEPTED:
+            assert response is not None
+            self._ledger.mark_accepted(
+                payout.payout_id,
+                conversation_id=response.conversation_id,
+                code=response.code,
+                description=response.description,
+            )
+        elif answer.outcome is ResponseOutcome.REJECTED:
+            assert response is not None
+            metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.MPESA_REJECTED.value).inc()
+            self._ledger.mark_rejected(
+                payout.payout_id,
+                reason=RejectionReason.MPESA_REJECTED.value,
+                code=response.code,
+                description=response.description,
+                message=f"M-PESA refused the request with ResponseCode {response.code}: {response.description}",
+            )
+        elif answer.outcome is ResponseOutcome.UNKNOWN:
+            answered = response is not None or answer.reason == REASON_UNPARSABLE
+            reason = UnknownReason.UNRECOGNISED_RESPONSE if answered else UnknownReason.NO_RESPONSE
+            log.warning(
+                "payout %s: outcome unknown (%s); it stays unknown until looked up",
+                payout.payout_id,
+                answer.detail,
+            )
+            self._ledger.mark_unknown(payout.payout_id, reason=reason.value, code=code, description=description)
+        else:
+            return self._not_processed(payout, delivery, code, description)
+        return self._publish_then_ack(payout.payout_id)
+
+    def _not_processed(
+        self, payout: Payout, delivery: Delivery, code: str | None, description: str | None
+    ) -> Disposition:
+        """M-PESA certainly did not process it (busy, throttled, unreachable): nothing was paid."""
+        if delivery.delivery_count < self._delivery_limit:  # quorum queues allow limit + 1 deliveries
+            self._ledger.mark_not_sent(payout.payout_id, code=code, description=description)
+            log.info("payout %s: not processed by M-PESA (%s); requeued", payout.payout_id, code or description)
+            return Requeue()
+        metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.DELIVERY_LIMIT.value).inc()
+        self._ledger.mark_rejected(
+            payout.payout_id,
+            reason=RejectionReason.DELIVERY_LIMIT.value,
+            code=code,
+            description=description,
+            message=f"M-PESA did not process the request on {self._delivery_limit} deliveries; nothing was paid",
+        )
+        return self._publish_then_ack(payout.payout_id)
+
+    def _reject_invalid(self, delivery: Delivery, exc: InvalidCommand) -> Disposition:
+        metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.INVALID_COMMAND.value).inc()
+        payout_id = extract_payout_id(delivery.body)
+        log.info("invalid command (payout_id %s): %s", payout_id or "unknown", exc)
+        self._ledger.record_invalid(
+            delivery.body, payout_id=payout_id, reason=RejectionReason.INVALID_COMMAND.value, message=str(exc)
+        )
+        try:
+            self._relay.flush(payout_id)
+        except B2CError as error:
+            log.warning("rejection event stays in the outbox for now: %s", error)
+            return Requeue()
+        metrics.DEAD_LETTERS.labels(reason=RejectionReason.INVALID_COMMAND.value).inc()
+        return DeadLetter(RejectionReason.INVALID_COMMAND.value, str(exc))
+
+    def _publish_then_ack(self, payout_id: str) -> Disposition:
+        try:
+            self._relay.flush(payout_id)
+        except B2CError as exc:
+            # The ledger has it; the relay publishes it later. Not acking makes the broker redeliver.
+            log.warning("payout %s: events stay in the outbox for now: %s", payout_id, exc)
+            return Requeue()
+        return Ack()

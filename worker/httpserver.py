@@ -1,0 +1,37 @@
+"""Run a WSGI app on waitress in a background thread, and stop it cleanly: one helper for every server role."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from waitress.server import create_server
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class RunningServer:
+    """A waitress server on its own thread; ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, app: WsgiApp, host: str, port: int, *, threads: int, name: str) -> None:
+        self._server: Any = create_server(
+            app, host=host, port=port, threads=threads, ident=name, clear_untrusted_proxy_headers=True
+        )
+        self.host = host
+        self.port: int = int(self._server.effective_port)
+        self._thread = threading.Thread(target=self._server.run, name=f"{name}-http", daemon=True)
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._server.close()
+        self._server.task_dispatcher.shutdown(timeout=timeout)
+        self._thread.join(timeout)
+
+
+def start_server(app: WsgiApp, host: str, port: int, *, threads: int = 8, name: str = "mpesa-b2c") -> RunningServer:
+    return RunningServer(app, host, port, threads=threads, name=name)

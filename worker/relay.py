@@ -1,0 +1,103 @@
+"""The outbox relay: publishes the events the ledger stored, then marks them published.
+
+Events are only ever derived from ledger transitions; this is the one place that puts them on the broker.
+Delivery is at least once: a crash between the broker's confirm and ``mark_published`` republishes an event,
+so consumers de-duplicate by ``event_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from worker import metrics
+from worker.errors import B2CError
+from worker.ledger import Ledger, OutboxEvent
+
+log = logging.getLogger(__name__)
+
+# A flusher that dies mid-publish leaves its rows to the next one after this long.
+LEASE_SECONDS = 30.0
+
+
+class Publisher(Protocol):
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        headers: dict[str, object] | None = None,
+    ) -> None: ...
+
+
+class OutboxRelay:
+    """Publishes pending outbox rows; ``publisher_factory`` is called lazily so a process starts without a broker."""
+
+    def __init__(self, ledger: Ledger, publisher_factory: Callable[[], Publisher], exchange: str) -> None:
+        self._ledger = ledger
+        self._factory = publisher_factory
+        self._exchange = exchange
+        self._publisher: Publisher | None = None
+        self._lock = threading.Lock()
+
+    def _get_publisher(self) -> Publisher:
+        with self._lock:
+            if self._publisher is None:
+                self._publisher = self._factory()
+            return self._publisher
+
+    def flush(self, payout_id: str | None = None, *, limit: int = 500) -> int:
+        """Publish pending events (of one payout, or all); raise B2CError when the broker refuses or is gone.
+
+        Rows are leased first, so a worker and a receiver flushing the same payout do not both publish them.
+        """
+        return self._publish(self._ledger.claim_outbox(limit, lease_seconds=LEASE_SECONDS, payout_id=payout_id))
+
+    def flush_older(self, older_than_seconds: float = 2.0, *, limit: int = 500) -> int:
+        """Publish what request paths left behind; leased rows keep two relays from racing each other."""
+        return self._publish(
+            self._ledger.claim_outbox(limit, older_than_seconds=older_than_seconds, lease_seconds=LEASE_SECONDS)
+        )
+
+    def _publish(self, events: list[OutboxEvent]) -> int:
+        if not events:
+            return 0
+        publisher = self._get_publisher()
+        for event in events:
+            publisher.publish(self._exchange, event.routing_key, event.body, message_id=event.event_id or None)
+            self._ledger.mark_published([event.id])
+            metrics.EVENTS_PUBLISHED.labels(routing_key=event.routing_key).inc()
+        return len(events)
+
+    def try_flush(self, payout_id: str | None = None) -> bool:
+        """Like flush, but a broker failure is logged, not raised: the events stay stored for the next try."""
+        return self._guarded(lambda: self.flush(payout_id))
+
+    def try_flush_older(self) -> None:
+        self._guarded(self.flush_older)
+
+    def _guarded(self, action: Callable[[], int]) -> bool:
+        try:
+            action()
+        except B2CError as exc:
+            log.warning("events stay in the outbox for now: %s", exc)
+            self._reset()
+            return False
+        return True
+
+    def _reset(self) -> None:
+        with self._lock:
+            publisher, self._publisher = self._publisher, None
+        close = getattr(publisher, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:
+                log.debug("closing a broken publisher failed", exc_info=True)
+
+    def close(self) -> None:
+        self._reset()

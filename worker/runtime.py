@@ -1,0 +1,192 @@
+"""Process wiring for the two long-running roles: the worker and the callback receiver.
+
+Each service builds its parts from the settings once, runs them, and stops them in the reverse order: stop
+taking work, let in-flight payouts finish, publish what the outbox still holds, close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import make_wsgi_app
+
+from worker import __version__, amqp, metrics
+from worker.callbacks import CallbackReceiver
+from worker.consumer import PayoutProcessor
+from worker.errors import B2CError
+from worker.gateway import Gateway
+from worker.httpserver import RunningServer, start_server
+from worker.ledger import Ledger, open_ledger
+from worker.payouts import PayoutStatus
+from worker.relay import OutboxRelay
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GAUGE_INTERVAL = 5.0
+
+
+def _relay_for(settings: Settings, ledger: Ledger) -> OutboxRelay:
+    url = settings.amqp.url
+    return OutboxRelay(
+        ledger, lambda: amqp.ConfirmedPublisher(url, name="mpesa-b2c-events"), settings.amqp.events_exchange
+    )
+
+
+class _Background:
+    """Periodic jobs on daemon threads that end together when ``stop`` is set."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def every(self, seconds: float, job: Callable[[], None], name: str) -> None:
+        def loop() -> None:
+            while not self.stop.wait(seconds):
+                try:
+                    job()
+                except B2CError as exc:
+                    log.warning("%s: %s", name, exc)
+
+        thread = threading.Thread(target=loop, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def join(self, timeout: float = 5.0) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+
+def _ledger_gauges(ledger: Ledger) -> None:
+    counts = ledger.count_by_status()
+    for status in PayoutStatus:
+        metrics.PAYOUTS_BY_STATUS.labels(status=status.value).set(counts.get(status.value, 0))
+    unknown = ledger.list_payouts(status=PayoutStatus.UNKNOWN, limit=1000)
+    oldest = min((p.updated_at for p in unknown), default=None)
+    age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
+    metrics.UNKNOWN_OLDEST_SECONDS.set(age)
+    metrics.OUTBOX_BACKLOG.set(ledger.outbox_backlog())
+
+
+class WorkerService:
+    """``mpesa-b2c worker``: consume commands, pay them, publish events; /metrics and /healthz on a side port."""
+
+    def __init__(self, settings: Settings, *, metrics_host: str = "127.0.0.1", metrics_port: int | None = 8330):
+        self.settings = settings
+        metrics.BUILD_INFO.info({"version": __version__})
+        metrics.PREFETCH.set(settings.amqp.prefetch)
+        self.ledger = open_ledger(settings.ledger)
+        self.gateway = Gateway(settings.mpesa)
+        self.relay = _relay_for(settings, self.ledger)
+        self.processor = PayoutProcessor(settings, self.ledger, self.gateway, self.relay)
+        self.consumer = amqp.ThreadedConsumer(
+            settings.amqp.url,
+            settings.amqp.command_queue,
+            self.processor.handle,
+            concurrency=settings.concurrency,
+            prefetch=settings.amqp.prefetch,
+            on_connected=lambda channel: amqp.declare_topology(channel, settings.amqp),
+            dead_queue=settings.amqp.dead_queue,
+            name="mpesa-b2c-worker",
+        )
+        self._background = _Background()
+        self._server: RunningServer | None = None
+        if metrics_port is not None:
+            self._server = start_server(self._app, metrics_host, metrics_port, threads=2, name="mpesa-b2c-worker")
+        self._metrics_app = make_wsgi_app()
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._server.port if self._server else None
+
+    def run(self) -> None:
+        """Block until stopped (SIGTERM handlers call ``stop``); raises BrokerUnavailable if RabbitMQ is down."""
+        self._background.every(self.settings.outbox_interval, self.relay.try_flush_older, "outbox-relay")
+        self._background.every(GAUGE_INTERVAL, lambda: _ledger_gauges(self.ledger), "ledger-gauges")
+        self._background.every(GAUGE_INTERVAL, self._queue_gauge, "queue-gauge")
+        try:
+            self.consumer.run()
+        finally:
+            self._close()
+
+    def start_in_thread(self) -> None:
+        def target() -> None:
+            try:
+                self.run()
+            except BaseException as exc:
+                self._failure = exc
+                log.exception("worker stopped with an error")
+
+        self._thread = threading.Thread(target=target, name="mpesa-b2c-worker-main", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        self.consumer.stop(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _close(self) -> None:
+        self._background.join()
+        with contextlib.suppress(B2CError):
+            self.relay.try_flush()
+        self.relay.close()
+        if self._server is not None:
+            self._server.stop()
+        self.ledger.close()
+
+    def _queue_gauge(self) -> None:
+        connection = amqp.connect(self.settings.amqp.url, name="mpesa-b2c-gauge")
+        try:
+            depth = amqp.queue_depth(connection.channel(), self.settings.amqp.command_queue)
+            metrics.QUEUE_DEPTH.set(depth)
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            alive = self._failure is None
+            body = json.dumps({"status": "ok" if alive else "failed", "in_flight": self.consumer.in_flight}).encode()
+            start_response("200 OK" if alive else "503 Service Unavailable", [("Content-Type", "application/json")])
+            return [body]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+
+
+class ReceiverService:
+    """``mpesa-b2c callbacks``: the GenericAPIResult endpoint at the path of B2C_RESULT_URL."""
+
+    def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8320, threads: int = 8):
+        self.settings = settings
+        metrics.BUILD_INFO.info({"version": __version__})
+        self.ledger = open_ledger(settings.ledger)
+        self.relay = _relay_for(settings, self.ledger)
+        self.app = CallbackReceiver(settings, self.ledger, self.relay)
+        self._background = _Background()
+        self._background.every(settings.outbox_interval, self.relay.try_flush_older, "outbox-relay")
+        self._background.every(GAUGE_INTERVAL, lambda: _ledger_gauges(self.ledger), "ledger-gauges")
+        self.server = start_server(self.app, host, port, threads=threads, name="mpesa-b2c-callbacks")
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def stop(self) -> None:
+        self.server.stop()
+        self._background.join()
+        with contextlib.suppress(B2CError):
+            self.relay.try_flush()
+        self.relay.close()
+        self.ledger.close()

@@ -1,0 +1,51 @@
+"""Simulator + callback receiver + worker in one process, on free loopback ports: the demo's and tests' stack."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from worker.runtime import ReceiverService, WorkerService
+from worker.settings import Settings
+from worker.simulator import RunningSimulator, SimulatorOptions, start_simulator
+
+
+@dataclass
+class LocalStack:
+    """``settings`` is what the worker runs with: the simulator's URL and the receiver's ResultURL filled in."""
+
+    settings: Settings
+    simulator: RunningSimulator
+    receiver: ReceiverService
+    worker: WorkerService | None
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop(timeout=30)
+        self.receiver.stop()
+        self.simulator.stop()
+
+
+def start_local_stack(
+    settings: Settings, *, simulator_options: SimulatorOptions | None = None, with_worker: bool = True
+) -> LocalStack:
+    """Start the simulator first (it writes the certificate the worker encrypts with), then receiver, worker."""
+    simulator = start_simulator(settings, host="127.0.0.1", port=0, options=simulator_options or SimulatorOptions())
+    receiver: ReceiverService | None = None
+    try:
+        settings = dataclasses.replace(settings, mpesa=dataclasses.replace(settings.mpesa, url=simulator.url))
+        receiver = ReceiverService(settings, host="127.0.0.1", port=0)
+        result_url = f"http://127.0.0.1:{receiver.port}{receiver.app.result_path}"
+        timeout_url = f"http://127.0.0.1:{receiver.port}{receiver.app.queue_timeout_path}"
+        mpesa = dataclasses.replace(settings.mpesa, result_url=result_url, queue_timeout_url=timeout_url)
+        settings = dataclasses.replace(settings, mpesa=mpesa)
+        worker = None
+        if with_worker:
+            worker = WorkerService(settings, metrics_port=None)
+            worker.start_in_thread()
+    except BaseException:
+        if receiver is not None:
+            receiver.stop()
+        simulator.stop()
+        raise
+    return LocalStack(settings, simulator, receiver, worker)
