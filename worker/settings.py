@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +22,8 @@ T = TypeVar("T")
 
 HEADER_NS_OSG = "http://www.huawei.com/schema/osg/common/v2_1"
 HEADER_NS_XSD = "http://www.huawei.com.cn/schema/common/v2_1"
+# Demo default only: a deployment sets its own unguessable B2C_CALLBACK_TOKEN (the receiver warns otherwise).
+DEMO_CALLBACK_TOKEN = "demo-callback-token-not-secret"  # noqa: S105
 
 
 class Secret:
@@ -109,11 +112,47 @@ class SimulatorSettings:
 
 
 @dataclass(frozen=True)
+class ReconcileSettings:
+    """When and how long unknown outcomes and missing results are looked up (never turned into failures)."""
+
+    unknown_after: float
+    interval: float
+    max_attempts: int
+    max_seconds: float
+    result_timeout: float
+    confirm_success: bool
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """How the worker paces itself towards the gateway: delay tiers, rate limit, circuit breaker."""
+
+    retry_delays: tuple[float, ...]
+    rate_limit: float
+    rate_burst: int
+    breaker_threshold: int
+    breaker_probe_seconds: float
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    """What the callback receiver accepts: the secret path token, source networks, body size."""
+
+    callback_token: Secret
+    allowed_networks: tuple[IPv4Network | IPv6Network, ...]
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...]
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
 class Settings:
     mpesa: MpesaSettings
     amqp: AmqpSettings
     ledger: LedgerSettings
     simulator: SimulatorSettings
+    reconcile: ReconcileSettings
+    flow: FlowSettings
+    receiver: ReceiverSettings
     data_dir: Path
     concurrency: int
     log_level: str
@@ -185,6 +224,25 @@ class _Env:
         if must_exist and value is not None and not value.is_file():
             raise ConfigError(name, f"file {value} does not exist")
         return value
+
+    def networks(self, name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+        raw = self.optional(name)
+        if raw is None:
+            return ()
+        try:
+            return tuple(ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
+        except ValueError as exc:
+            raise ConfigError(name, f"{exc} (expected comma-separated CIDRs like 196.201.214.0/24)") from exc
+
+    def seconds_list(self, name: str, default: str) -> tuple[float, ...]:
+        raw = self.text(name, default)
+        try:
+            values = tuple(float(part) for part in raw.split(","))
+        except ValueError as exc:
+            raise ConfigError(name, f"{raw!r} is not a comma-separated list of seconds") from exc
+        if not values or any(v <= 0 for v in values) or list(values) != sorted(values):
+            raise ConfigError(name, f"{raw!r} must be positive seconds in increasing order")
+        return values
 
     def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
         value = self.text(name, default)
@@ -266,6 +324,30 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         private_key_path=env.path("B2C_SIM_PRIVATE_KEY", None, must_exist=True),
         initial_balance=env.decimal("B2C_SIM_BALANCE", "10000000"),
     )
+    reconcile = ReconcileSettings(
+        unknown_after=env.number("B2C_RESOLVE_AFTER_SECONDS", 30.0, minimum=0.0),
+        interval=env.number("B2C_RESOLVE_INTERVAL_SECONDS", 60.0, minimum=0.1),
+        max_attempts=env.integer("B2C_RESOLVE_MAX_ATTEMPTS", 5),
+        max_seconds=env.number("B2C_RESOLVE_MAX_SECONDS", 3600.0, minimum=1.0),
+        result_timeout=env.number("B2C_RESULT_TIMEOUT_SECONDS", 300.0, minimum=0.1),
+        confirm_success=env.boolean("B2C_CONFIRM_SUCCESS", False),
+    )
+    flow = FlowSettings(
+        retry_delays=env.seconds_list("B2C_RETRY_DELAYS", "5,30,120,600"),
+        rate_limit=env.number("B2C_RATE_LIMIT", 0.0, minimum=0.0),
+        rate_burst=env.integer("B2C_RATE_BURST", 1),
+        breaker_threshold=env.integer("B2C_BREAKER_THRESHOLD", 5),
+        breaker_probe_seconds=env.number("B2C_BREAKER_PROBE_SECONDS", 30.0, minimum=0.1),
+    )
+    token = env.text("B2C_CALLBACK_TOKEN", DEMO_CALLBACK_TOKEN)
+    if len(token) < 16 or not all(c.isalnum() or c in "-_" for c in token):
+        raise ConfigError("B2C_CALLBACK_TOKEN", "must be at least 16 characters of letters, digits, - or _")
+    receiver = ReceiverSettings(
+        callback_token=Secret(token),
+        allowed_networks=env.networks("B2C_CALLBACK_ALLOWED_NETWORKS"),
+        trusted_proxies=env.networks("B2C_TRUSTED_PROXIES"),
+        max_body_bytes=env.integer("B2C_CALLBACK_MAX_BYTES", 64 * 1024, minimum=1024),
+    )
     log_level = env.text("B2C_LOG_LEVEL", "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("B2C_LOG_LEVEL", f"{log_level!r} is not DEBUG, INFO, WARNING or ERROR")
@@ -274,6 +356,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         amqp=amqp,
         ledger=ledger,
         simulator=simulator,
+        reconcile=reconcile,
+        flow=flow,
+        receiver=receiver,
         data_dir=data_dir,
         concurrency=env.integer("B2C_CONCURRENCY", 16),
         log_level=log_level,
