@@ -1,0 +1,87 @@
+"""Settings are validated once, up front, and every error names its variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.errors import ConfigError
+from worker.settings import HEADER_NS_OSG, HEADER_NS_XSD, Secret, load_settings, redact_url
+
+
+def test_defaults_make_a_working_local_setup() -> None:
+    settings = load_settings({})
+    assert settings.mpesa.url == "http://127.0.0.1:8310/mminterface/request"
+    assert settings.mpesa.header_namespace == HEADER_NS_OSG
+    assert settings.ledger.database_url is None
+    assert settings.concurrency == 16
+    assert settings.flow.rate_limit == 0
+    assert str(settings.mpesa.amount_min) == "10" and str(settings.mpesa.amount_max) == "250000"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("B2C_MPESA_URL", "ftp://x/y", "not a http/https URL"),
+        ("B2C_SHORTCODE", "12ab", "5-7 digit"),
+        ("B2C_ORG_NAME", "acme org", "letters and digits"),
+        ("B2C_HEADER_NAMESPACE", "other", "neither"),
+        ("B2C_AMOUNT_MIN", "ten", "decimal"),
+        ("B2C_AMOUNT_MAX", "-1", "non-negative"),
+        ("B2C_CONCURRENCY", "0", "at least 1"),
+        ("B2C_READ_TIMEOUT", "soon", "number"),
+        ("B2C_SP_PASSWORD_UPPERCASE", "maybe", "boolean"),
+        ("B2C_DATABASE_URL", "mysql://db/x", "postgresql"),
+        ("B2C_AMQP_URL", "http://broker", "amqp"),
+        ("B2C_LOG_LEVEL", "LOUD", "DEBUG"),
+        ("B2C_RETRY_DELAYS", "30,5", "increasing"),
+        ("B2C_CALLBACK_ALLOWED_NETWORKS", "10.0.0.0/33", "CIDR"),
+        ("B2C_CALLBACK_TOKEN", "short", "16 characters"),
+        ("B2C_TLS_CA_BUNDLE", "/nonexistent/ca.pem", "does not exist"),
+    ],
+)
+def test_bad_values_name_the_variable(variable: str, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({variable: value})
+    assert caught.value.variable == variable
+    assert fragment in str(caught.value)
+
+
+def test_amount_range_must_be_ordered() -> None:
+    with pytest.raises(ConfigError, match="B2C_AMOUNT_MIN"):
+        load_settings({"B2C_AMOUNT_MIN": "500", "B2C_AMOUNT_MAX": "100"})
+
+
+def test_tls_certificate_and_key_go_together(tmp_path: Path) -> None:
+    cert = tmp_path / "client.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match="go together"):
+        load_settings({"B2C_TLS_CLIENT_CERT": str(cert)})
+
+
+def test_header_namespace_choice() -> None:
+    assert load_settings({"B2C_HEADER_NAMESPACE": "xsd"}).mpesa.header_namespace == HEADER_NS_XSD
+
+
+def test_secrets_never_print() -> None:
+    settings = load_settings({"B2C_SP_PASSWORD": "hunter2-sp", "B2C_INITIATOR_PASSWORD": "hunter2-init"})
+    text = repr(settings)
+    assert "hunter2" not in text
+    assert settings.mpesa.sp_password.reveal() == "hunter2-sp"
+    assert Secret("a") == Secret("a") and str(Secret("a")) == "Secret('********')"
+
+
+def test_urls_are_redacted_for_messages() -> None:
+    settings = load_settings({"B2C_AMQP_URL": "amqp://user:pa55@rabbit:5672/%2F"})
+    assert settings.amqp.safe_url == "amqp://user:***@rabbit:5672/%2F"
+    assert redact_url("postgresql://svc:pw@db/ledger") == "postgresql://svc:***@db/ledger"
+    assert redact_url("amqp://rabbit/") == "amqp://rabbit/"
+
+
+def test_networks_and_delays_parse() -> None:
+    settings = load_settings(
+        {"B2C_CALLBACK_ALLOWED_NETWORKS": "196.201.214.0/24, 2001:db8::/32", "B2C_RETRY_DELAYS": "0.5,2,10"}
+    )
+    assert [str(n) for n in settings.receiver.allowed_networks] == ["196.201.214.0/24", "2001:db8::/32"]
+    assert settings.flow.retry_delays == (0.5, 2.0, 10.0)
