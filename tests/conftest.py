@@ -11,6 +11,7 @@ import pika
 import psycopg
 import pytest
 
+from worker.amqp import delay_queue_name
 from worker.settings import Settings, load_settings
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -51,6 +52,9 @@ def amqp_names(rabbitmq_url: str) -> Iterator[dict[str, str]]:
     with contextlib.suppress(pika.exceptions.AMQPError):
         connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
         channel = connection.channel()
+        # Delay tiers (worker.deferral) exist only if the test deferred a command: deleting is a no-op otherwise.
+        for seconds in load_settings({}).flow.retry_delays:
+            channel.queue_delete(delay_queue_name(names["B2C_COMMAND_QUEUE"], seconds))
         channel.queue_delete(names["B2C_COMMAND_QUEUE"])
         channel.queue_delete(names["B2C_DEAD_QUEUE"])
         channel.exchange_delete(names["B2C_EVENTS_EXCHANGE"])

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -141,8 +141,45 @@ def command_queue_arguments(amqp: AmqpSettings) -> dict[str, Any]:
     }
 
 
+def delay_tier_label(seconds: float) -> str:
+    """``5s``, ``120s``, ``200ms``: a delay tier's name in its queue name and metric label."""
+    millis = round(seconds * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
+def delay_queue_name(command_queue: str, seconds: float) -> str:
+    return f"{command_queue}.retry.{delay_tier_label(seconds)}"
+
+
+def delay_queue_arguments(amqp: AmqpSettings, seconds: float) -> dict[str, Any]:
+    """A queue nobody consumes: each message expires after ``seconds`` and goes back to the command queue.
+
+    Quorum with at-least-once dead-lettering (which needs reject-publish overflow): a message is removed
+    from the delay queue only once the command queue has confirmed taking it back.
+    """
+    return {
+        "x-queue-type": "quorum",
+        "x-message-ttl": round(seconds * 1000),
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": amqp.command_queue,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def declare_delay_queues(channel: BlockingChannel, amqp: AmqpSettings, delays: Sequence[float]) -> None:
+    """One delay queue per retry tier (B2C_RETRY_DELAYS), e.g. ``payouts.commands.retry.5s``."""
+    for seconds in delays:
+        name = delay_queue_name(amqp.command_queue, seconds)
+        arguments = delay_queue_arguments(amqp, seconds)
+        _declare(functools.partial(channel.queue_declare, queue=name, durable=True, arguments=arguments), "queue", name)
+
+
 def declare_topology(channel: BlockingChannel, amqp: AmqpSettings) -> None:
     """Declare the events exchange, the dead queue and the command queue; safe to repeat.
+
+    The delay tiers are declared by the worker the first time it defers a command to one of them
+    (:func:`declare_delay_queues`, from worker.deferral).
 
     A mismatch closes the channel (AMQP rules), so after a TopologyError the caller needs a new channel.
     """
@@ -406,11 +443,45 @@ class ThreadedConsumer:
         self._finished = threading.Event()
         self._connected_once = False
         self._drain_deadline: float | None = None
+        self._paused = threading.Event()
+        self._pause_reason = ""
 
     @property
     def in_flight(self) -> int:
         with self._lock:
             return self._in_flight
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    def pause(self, reason: str = "") -> None:
+        """Take no new deliveries until :meth:`resume`: the broker consumer is cancelled, so messages stay
+        in the queue; deliveries already taken are still handled.
+        Safe from any thread, and across reconnects."""
+        with self._lock:
+            if self._paused.is_set():
+                return
+            self._paused.set()
+            self._pause_reason = reason
+            connection = self._connection
+        metrics.CONSUMER_PAUSED.set(1)
+        self._wake(connection)
+
+    def resume(self) -> None:
+        with self._lock:
+            if not self._paused.is_set():
+                return
+            self._paused.clear()
+            connection = self._connection
+        metrics.CONSUMER_PAUSED.set(0)
+        self._wake(connection)
+
+    @staticmethod
+    def _wake(connection: Any) -> None:
+        if connection is not None:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.add_callback_threadsafe(lambda: None)
 
     @property
     def generation(self) -> int:
@@ -482,20 +553,11 @@ class ThreadedConsumer:
                 self._unsettled = 0
                 self._connection = connection
                 generation = self._generation
-            try:
-                consumer_tag = channel.basic_consume(
-                    self._queue,
-                    on_message_callback=functools.partial(self._on_message, (connection, generation)),
-                )
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code == _NOT_FOUND:
-                    raise TopologyError(
-                        f"queue {self._queue!r} does not exist on {self._safe_url}: declare the topology"
-                    ) from None
-                raise
+            consumer_tag = None if self.paused else self._consume(connection, channel, generation)
             self._connected_once = True
             log.info(
-                "consuming %r on %s (connection %d, concurrency %d, prefetch %d)",
+                "%s %r on %s (connection %d, concurrency %d, prefetch %d)",
+                "paused, not consuming" if consumer_tag is None else "consuming",
                 self._queue,
                 self._safe_url,
                 generation,
@@ -504,7 +566,8 @@ class ThreadedConsumer:
             )
             while not self._stopping.is_set():
                 connection.process_data_events(time_limit=0.5)
-                if not channel.consumer_tags:
+                consumer_tag = self._follow_pause(connection, channel, generation, consumer_tag)
+                if consumer_tag is not None and not channel.consumer_tags:
                     raise pika.exceptions.ConsumerCancelled(f"the broker cancelled the consumer of {self._queue!r}")
             self._drain(connection, channel, consumer_tag, generation)
         finally:
@@ -512,6 +575,32 @@ class ThreadedConsumer:
                 if self._connection is connection:
                     self._connection = None
             _close_quietly(connection)
+
+    def _consume(self, connection: Any, channel: Any, generation: int) -> str:
+        try:
+            tag: str = channel.basic_consume(
+                self._queue,
+                on_message_callback=functools.partial(self._on_message, (connection, generation)),
+            )
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == _NOT_FOUND:
+                raise TopologyError(
+                    f"queue {self._queue!r} does not exist on {self._safe_url}: declare the topology"
+                ) from None
+            raise
+        return tag
+
+    def _follow_pause(self, connection: Any, channel: Any, generation: int, consumer_tag: str | None) -> str | None:
+        """Cancel or restart the broker consumer when :meth:`pause` / :meth:`resume` asked for it."""
+        if self.paused:
+            if consumer_tag is not None:
+                channel.basic_cancel(consumer_tag)
+                log.warning("stopped taking messages from %r: %s", self._queue, self._pause_reason or "paused")
+            return None
+        if consumer_tag is None:
+            consumer_tag = self._consume(connection, channel, generation)
+            log.info("taking messages from %r again", self._queue)
+        return consumer_tag
 
     def _on_message(self, session: tuple[Any, int], channel: Any, method: Any, properties: Any, body: bytes) -> None:
         connection, generation = session
@@ -546,9 +635,10 @@ class ThreadedConsumer:
         else:
             channel.basic_reject(tag, requeue=False)
 
-    def _drain(self, connection: Any, channel: Any, consumer_tag: str, generation: int) -> None:
-        with contextlib.suppress(pika.exceptions.AMQPChannelError):
-            channel.basic_cancel(consumer_tag)
+    def _drain(self, connection: Any, channel: Any, consumer_tag: str | None, generation: int) -> None:
+        if consumer_tag is not None:
+            with contextlib.suppress(pika.exceptions.AMQPChannelError):
+                channel.basic_cancel(consumer_tag)
         with self._lock:
             queued = list(self._queued.items())
         for future, (future_generation, tag) in queued:

@@ -12,22 +12,21 @@ import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from prometheus_client import make_wsgi_app
 
 from worker import metrics
 from worker.errors import B2CError, LedgerError, ProtocolError
-from worker.ledger import ApplyOutcome, Ledger
+from worker.ledger import ApplyOutcome, Ledger, ResultApplied
 from worker.protocol.codes import RESULT_CODES
 from worker.protocol.response import build_response_envelope
 from worker.protocol.result import Result, parse_queue_timeout, parse_result_envelope
+from worker.receiver_guard import ReceiverGuard
 from worker.relay import OutboxRelay
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 256 * 1024
 StartResponse = Callable[..., Any]
 
 _SUCCESS = build_response_envelope("00000000", "success")
@@ -35,11 +34,20 @@ _INTERNAL_ERROR = build_response_envelope("200000003", "Internal Server Error")
 
 
 class CallbackReceiver:
-    """WSGI app serving the ResultURL path, the QueueTimeoutURL path, ``/healthz`` and ``/metrics``."""
+    """WSGI app serving the ResultURL path, the QueueTimeoutURL path, ``/healthz`` and ``/metrics``.
+
+    The callback paths are the configured ones plus the secret token (:mod:`worker.callback_urls`); a
+    request elsewhere, or from outside the allowed networks, is refused before its body is read.
+    """
 
     def __init__(self, settings: Settings, ledger: Ledger, relay: OutboxRelay) -> None:
-        self.result_path = urlsplit(settings.mpesa.result_url).path or "/"
-        self.queue_timeout_path = urlsplit(settings.mpesa.queue_timeout_url).path or "/"
+        self._guard = ReceiverGuard(settings)
+        self.result_path = self._guard.result_path
+        self.queue_timeout_path = self._guard.queue_timeout_path
+        self.result_base_path = self._guard.result_base
+        self.queue_timeout_base_path = self._guard.queue_timeout_base
+        self._max_body = settings.receiver.max_body_bytes
+        self._confirm_success = settings.reconcile.confirm_success
         self._ledger = ledger
         self._relay = relay
         self._metrics_app = make_wsgi_app()
@@ -51,18 +59,24 @@ class CallbackReceiver:
             return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz" and method == "GET":
             return self._health(start_response)
-        if path in (self.result_path, self.queue_timeout_path):
+        if not self._guard.source_allowed(environ):
+            # Before the path check: an outsider must not learn whether a token guess was right.
+            return _refuse(start_response, "network", "403 Forbidden", "forbidden\n")
+        route = self._guard.route(path)
+        if route in ("result", "queue_timeout"):
             if method != "POST":
-                return _plain(start_response, "405 Method Not Allowed", "POST only\n")
-            body = _read_body(environ)
+                return _refuse(start_response, "method", "405 Method Not Allowed", "POST only\n")
+            body = _read_body(environ, self._max_body)
             if body is None:
-                return _plain(start_response, "413 Content Too Large", f"body over {MAX_BODY_BYTES} bytes\n")
+                too_large = f"body over {self._max_body} bytes\n"
+                return _refuse(start_response, "too_large", "413 Content Too Large", too_large)
             if "xml" not in environ.get("CONTENT_TYPE", "").lower():
-                return _plain(start_response, "415 Unsupported Media Type", "expected text/xml\n")
-            if path == self.result_path:
+                return _refuse(start_response, "content_type", "415 Unsupported Media Type", "expected text/xml\n")
+            if route == "result":
                 return self._result(body, start_response)
             return self._queue_timeout(body, start_response)
-        return _plain(start_response, "404 Not Found", "not found\n")
+        # A wrong or missing token looks exactly like any unknown path.
+        return _refuse(start_response, "token" if route == "token" else "not_found", "404 Not Found", "not found\n")
 
     def _result(self, raw: bytes, start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -72,19 +86,29 @@ class CallbackReceiver:
             log.warning("refused a result body of %d bytes: %s", len(raw), exc)
             return _plain(start_response, "400 Bad Request", "not a GenericAPIResult\n")
         try:
-            applied = self._ledger.record_result(raw, result)
+            applied = self._ledger.record_result(raw, result, confirm_success=self._confirm_success)
         except LedgerError:
             log.exception("could not store the result for %s; answering an error", result.originator_conversation_id)
             return _xml(start_response, "500 Internal Server Error", _INTERNAL_ERROR)
-        self._count(result, applied.outcome)
+        self._count(result, applied)
         if applied.payout is not None:
             self._relay_events(applied.payout.payout_id)
         return _xml(start_response, "200 OK", _SUCCESS)
 
-    def _count(self, result: Result, outcome: ApplyOutcome) -> None:
+    def _count(self, result: Result, applied: ResultApplied) -> None:
+        outcome = applied.outcome
         code = result.code if result.code in RESULT_CODES else "other"
         metrics.RESULTS_RECEIVED.labels(outcome=result.outcome.value, result_code=code).inc()
-        if outcome is ApplyOutcome.UNMATCHED:
+        if applied.quarantine_reason is not None:
+            metrics.RESULTS_QUARANTINED.labels(reason=applied.quarantine_reason).inc()
+        if outcome is ApplyOutcome.QUARANTINED:
+            log.error(
+                "result %s for %s does not match what was sent (%s); quarantined with its body, not applied",
+                result.code,
+                result.originator_conversation_id,
+                applied.quarantine_reason,
+            )
+        elif outcome is ApplyOutcome.UNMATCHED:
             metrics.RESULTS_UNMATCHED.inc()
             log.warning(
                 "result for no known payout (OriginatorConversationID %s) kept for review",
@@ -126,6 +150,16 @@ class CallbackReceiver:
             "M-PESA queue timeout for OriginatorConversationID %s: not executed unless a status query says so",
             notice.originator_conversation_id,
         )
+        try:
+            # Kept with its body; its payout is looked up right away (worker.ledger.lookup_store).
+            stored = self._ledger.record_queue_timeout(raw, notice)
+        except LedgerError:
+            log.exception(
+                "could not store the queue timeout for %s; answering an error", notice.originator_conversation_id
+            )
+            return _xml(start_response, "500 Internal Server Error", _INTERNAL_ERROR)
+        if stored.payout is not None:
+            self._relay_events(stored.payout.payout_id)
         return _xml(start_response, "200 OK", _SUCCESS)
 
     def _health(self, start_response: StartResponse) -> Iterable[bytes]:
@@ -141,16 +175,21 @@ class CallbackReceiver:
         )
 
 
-def _read_body(environ: dict[str, Any]) -> bytes | None:
+def _read_body(environ: dict[str, Any], limit: int) -> bytes | None:
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         length = 0
-    if length > MAX_BODY_BYTES:
+    if length > limit:
         return None
     stream = environ["wsgi.input"]
-    body: bytes = stream.read(length) if length else stream.read(MAX_BODY_BYTES + 1)
-    return None if len(body) > MAX_BODY_BYTES else body
+    body: bytes = stream.read(length) if length > 0 else stream.read(limit + 1)
+    return None if len(body) > limit else body
+
+
+def _refuse(start_response: StartResponse, reason: str, status: str, text: str) -> list[bytes]:
+    metrics.CALLBACKS_REFUSED.labels(reason=reason).inc()
+    return _plain(start_response, status, text)
 
 
 def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]:

@@ -13,6 +13,8 @@ from types import FrameType
 
 from worker import __version__
 from worker.amqp import follow_events, publish_commands
+from worker.breaker_cli import add_breaker_parser
+from worker.dead import add_dead_parser
 from worker.demo import run_demo
 from worker.errors import B2CError, BrokerUnavailable, ConfigError
 from worker.logs import setup_logging
@@ -49,7 +51,8 @@ def cmd_callbacks(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
     service = ReceiverService(settings, host=args.host, port=args.port)
     _on_signals(stop, None)
-    print(f"callback receiver on http://{args.host}:{service.port}{service.app.result_path}", file=sys.stderr)
+    base = f"http://{args.host}:{service.port}{service.app.result_base_path}"
+    print(f"callback receiver on {base}/<B2C_CALLBACK_TOKEN>", file=sys.stderr)
     stop.wait()
     service.stop()
     return 0
@@ -146,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run simulator, receiver and worker locally and pay a few demo payouts")
     p.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds (default 60)")
     p.set_defaults(func=cmd_demo)
+
+    add_dead_parser(sub)
+    add_breaker_parser(sub)
     return parser
 
 
@@ -158,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     setup_logging(
         settings.log_level,
-        secrets=[settings.mpesa.sp_password.reveal(), settings.mpesa.initiator_password.reveal()],
+        secrets=[
+            settings.mpesa.sp_password.reveal(),
+            settings.mpesa.initiator_password.reveal(),
+            settings.receiver.callback_token.reveal(),
+        ],
     )
     try:
         return int(args.func(settings, args))

@@ -19,7 +19,9 @@ from typing import Protocol
 
 from worker import metrics
 from worker.amqp import Ack, DeadLetter, Delivery, Disposition, Requeue
+from worker.deferral import Deferrer, GiveUp, Hold
 from worker.errors import B2CError, InvalidCommand, ProtocolError
+from worker.flow import FlowControl
 from worker.gateway import REASON_UNPARSABLE, GatewayAnswer
 from worker.ledger import Ledger, RecordOutcome
 from worker.payouts import (
@@ -64,8 +66,20 @@ class _Claim:
 class PayoutProcessor:
     """Handles one command delivery; safe to call from many threads at once."""
 
-    def __init__(self, settings: Settings, ledger: Ledger, gateway: PaymentGateway, relay: EventRelay) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        gateway: PaymentGateway,
+        relay: EventRelay,
+        *,
+        flow: FlowControl | None = None,
+        deferrer: Deferrer | None = None,
+    ) -> None:
         self._mpesa = settings.mpesa
+        # Flow control (worker.flow, worker.deferral): without them, "not processed" is a plain requeue.
+        self._flow = flow
+        self._deferrer = deferrer
         self._delivery_limit = settings.amqp.delivery_limit
         self._ledger = ledger
         self._gateway = gateway
@@ -73,7 +87,7 @@ class PayoutProcessor:
         # A send older than this cannot still be running: connect + read timeouts + the whole retry budget.
         self.send_lease_seconds = (
             self._mpesa.connect_timeout + self._mpesa.read_timeout + self._mpesa.retry_max_seconds + 5.0
-        )
+        ) + (flow.max_wait_seconds if flow is not None else 0.0)
 
     def handle(self, delivery: Delivery) -> Disposition:
         metrics.COMMANDS_RECEIVED.inc()
@@ -89,6 +103,10 @@ class PayoutProcessor:
             metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.IDEMPOTENCY_CONFLICT.value).inc()
             log.info("payout %s: same payout_id, different content; refused, original untouched", payout.payout_id)
             return self._publish_then_ack(payout.payout_id)
+        if payout.status is PayoutStatus.RECEIVED and self._flow is not None and self._deferrer is not None:
+            held = self._flow.admit()
+            if held is not None:  # the circuit breaker is open: not even claimed, back to the queue
+                return self._deferrer.carry_out(delivery, Hold(held))
         if recorded.outcome is RecordOutcome.NEW:
             claim = self._claim(payout)
         else:
@@ -200,24 +218,37 @@ class PayoutProcessor:
             )
             self._ledger.mark_unknown(payout.payout_id, reason=reason.value, code=code, description=description)
         else:
-            return self._not_processed(payout, delivery, code, description)
+            return self._not_processed(payout, delivery, answer, code, description)
         return self._publish_then_ack(payout.payout_id)
 
     def _not_processed(
-        self, payout: Payout, delivery: Delivery, code: str | None, description: str | None
+        self, payout: Payout, delivery: Delivery, answer: GatewayAnswer, code: str | None, description: str | None
     ) -> Disposition:
-        """M-PESA certainly did not process it (busy, throttled, unreachable): nothing was paid."""
-        if delivery.delivery_count < self._delivery_limit:  # quorum queues allow limit + 1 deliveries
+        """M-PESA certainly did not process it (busy, throttled, unreachable, held back here): nothing was paid.
+
+        With a deferrer the command waits in a delay queue (worker.deferral) and the thread moves on; the
+        payout goes back to ``received`` before the copy is published, so the copy always finds it there.
+        """
+        if self._deferrer is not None:
+            plan = self._deferrer.plan(delivery, answer)
+            if not isinstance(plan, GiveUp):
+                self._ledger.mark_not_sent(payout.payout_id, code=code, description=description)
+                log.info("payout %s: not processed (%s); %s", payout.payout_id, code or answer.reason, plan)
+                return self._deferrer.carry_out(delivery, plan)
+            message = plan.message
+        elif delivery.delivery_count < self._delivery_limit:  # quorum queues allow limit + 1 deliveries
             self._ledger.mark_not_sent(payout.payout_id, code=code, description=description)
             log.info("payout %s: not processed by M-PESA (%s); requeued", payout.payout_id, code or description)
             return Requeue()
+        else:
+            message = f"M-PESA did not process the request on {self._delivery_limit} deliveries; nothing was paid"
         metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.DELIVERY_LIMIT.value).inc()
         self._ledger.mark_rejected(
             payout.payout_id,
             reason=RejectionReason.DELIVERY_LIMIT.value,
             code=code,
             description=description,
-            message=f"M-PESA did not process the request on {self._delivery_limit} deliveries; nothing was paid",
+            message=message,
         )
         return self._publish_then_ack(payout.payout_id)
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -92,6 +92,7 @@ class GatewayAnswer:
     ``outcome`` ACCEPTED / REJECTED come from a response code; RETRY_LATER means nothing was processed and
     the retry budget ran out; UNKNOWN means the request may have been processed. ``reason`` is one of the
     ``REASON_*`` constants (``response_code`` when M-PESA's code decided); ``detail`` is for humans.
+    ``held``: the observer held the last attempt back (RETRY_LATER, nothing sent); ``reason`` is its word.
     """
 
     outcome: ResponseOutcome
@@ -99,6 +100,27 @@ class GatewayAnswer:
     detail: str
     attempts: int
     reason: str = REASON_RESPONSE_CODE
+    held: bool = False
+
+
+class AttemptObserver(Protocol):
+    """Sees every HTTP attempt of a Gateway (payments and status queries, retries included).
+
+    ``before_attempt`` may wait (a rate-limit slot) and may hold the attempt back by returning a reason:
+    then nothing is sent and the call ends RETRY_LATER at once, with ``held`` set. ``after_attempt`` learns
+    how each attempt that was sent ended (``code``: the ResponseCode, if M-PESA answered with one).
+    """
+
+    def before_attempt(self, command: str, originator_conversation_id: str) -> str | None: ...
+
+    def after_attempt(
+        self,
+        command: str,
+        originator_conversation_id: str,
+        outcome: ResponseOutcome,
+        reason: str,
+        code: str | None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -107,11 +129,12 @@ class _Attempt:
     response: SyncResponse | None
     reason: str
     detail: str
+    held: bool = False
 
     @property
     def retryable(self) -> bool:
-        """Only what M-PESA certainly did not process may be sent again."""
-        return self.outcome is ResponseOutcome.RETRY_LATER
+        """Only what M-PESA certainly did not process may be sent again (not what we held back)."""
+        return self.outcome is ResponseOutcome.RETRY_LATER and not self.held
 
     @property
     def metric_outcome(self) -> str:
@@ -299,8 +322,11 @@ class Gateway:
         backoff_initial: float = 0.5,
         backoff_max: float = 8.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        observer: AttemptObserver | None = None,
     ) -> None:
         self._mpesa = mpesa
+        # Flow control (worker.flow.FlowControl): the circuit breaker and the rate limit, per attempt.
+        self.observer = observer
         for secret in (mpesa.sp_password.reveal(), mpesa.initiator_password.reveal()):
             register_secret(secret)
         credential = _compute_credential(mpesa)
@@ -384,7 +410,7 @@ class Gateway:
         def attempt() -> _Attempt:
             nonlocal attempts
             attempts += 1
-            return self._attempt(command, build)
+            return self._attempt(command, originator_conversation_id, build)
 
         def before_sleep(state: RetryCallState) -> None:
             previous: _Attempt = state.outcome.result()  # type: ignore[union-attr]
@@ -424,6 +450,7 @@ class Gateway:
             detail=last.detail,
             attempts=attempts,
             reason=last.reason,
+            held=last.held,
         )
 
     def _header(self, stamp: str) -> etree._Element:
@@ -436,8 +463,20 @@ class Gateway:
         etree.SubElement(header, f"{{{namespace}}}timeStamp").text = stamp
         return header
 
-    def _attempt(self, command: str, build: Callable[[str], bytes]) -> _Attempt:
+    def _attempt(self, command: str, originator_conversation_id: str, build: Callable[[str], bytes]) -> _Attempt:
         """One POST. Both timestamps are taken now: a resend must not carry a stale one (result 19)."""
+        observer = self.observer
+        if observer is not None:
+            held = observer.before_attempt(command, originator_conversation_id)
+            if held is not None:
+                return _Attempt(ResponseOutcome.RETRY_LATER, None, held, f"held back, nothing sent: {held}", held=True)
+        result = self._post(command, build)
+        if observer is not None:
+            code = result.response.code if result.response is not None else None
+            observer.after_attempt(command, originator_conversation_id, result.outcome, result.reason, code)
+        return result
+
+    def _post(self, command: str, build: Callable[[str], bytes]) -> _Attempt:
         now = self._clock()
         document = build(transaction_timestamp(now))
         header = self._header(header_timestamp(now))

@@ -14,10 +14,23 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 class RunningServer:
     """A waitress server on its own thread; ``port`` is the bound port (useful with port 0)."""
 
-    def __init__(self, app: WsgiApp, host: str, port: int, *, threads: int, name: str) -> None:
-        self._server: Any = create_server(
-            app, host=host, port=port, threads=threads, ident=name, clear_untrusted_proxy_headers=True
-        )
+    def __init__(
+        self,
+        app: WsgiApp,
+        host: str,
+        port: int,
+        *,
+        threads: int,
+        name: str,
+        keep_proxy_headers: bool = False,
+        max_request_body: int | None = None,
+    ) -> None:
+        # keep_proxy_headers: the app itself decides whom to believe (the receiver's trusted proxies), so
+        # waitress must not strip X-Forwarded-For; no other role reads them.
+        options: dict[str, Any] = {"clear_untrusted_proxy_headers": not keep_proxy_headers}
+        if max_request_body is not None:
+            options["max_request_body_size"] = max_request_body
+        self._server: Any = create_server(app, host=host, port=port, threads=threads, ident=name, **options)
         self.host = host
         self.port: int = int(self._server.effective_port)
         self._thread = threading.Thread(target=self._server.run, name=f"{name}-http", daemon=True)
@@ -33,5 +46,22 @@ class RunningServer:
         self._thread.join(timeout)
 
 
-def start_server(app: WsgiApp, host: str, port: int, *, threads: int = 8, name: str = "mpesa-b2c") -> RunningServer:
-    return RunningServer(app, host, port, threads=threads, name=name)
+def start_server(
+    app: WsgiApp,
+    host: str,
+    port: int,
+    *,
+    threads: int = 8,
+    name: str = "mpesa-b2c",
+    keep_proxy_headers: bool = False,
+    max_request_body: int | None = None,
+) -> RunningServer:
+    return RunningServer(
+        app,
+        host,
+        port,
+        threads=threads,
+        name=name,
+        keep_proxy_headers=keep_proxy_headers,
+        max_request_body=max_request_body,
+    )

@@ -36,6 +36,16 @@ RESULTS_CONFLICTING = Counter(
     "mpesa_b2c_results_conflicting_total", "Results contradicting an already final status (not applied)"
 )
 RESULTS_INVALID = Counter("mpesa_b2c_results_invalid_total", "Callback bodies refused as unparsable or unsafe")
+RESULTS_QUARANTINED = Counter(
+    "mpesa_b2c_results_quarantined_total",
+    "Results kept aside unapplied: not matching their payout, or matching none",
+    ["reason"],
+)
+CALLBACKS_REFUSED = Counter(
+    "mpesa_b2c_callbacks_refused_total",
+    "Requests to the receiver refused before parsing (token, network, size, type, method)",
+    ["reason"],
+)
 EVENTS_PUBLISHED = Counter("mpesa_b2c_events_published_total", "Events published with confirms", ["routing_key"])
 OUTBOX_BACKLOG = Gauge("mpesa_b2c_outbox_backlog", "Events stored but not yet confirmed by the broker")
 IN_FLIGHT = Gauge("mpesa_b2c_consumer_in_flight", "Commands being processed by this worker")
@@ -49,6 +59,64 @@ PAYOUTS_BY_STATUS = Gauge("mpesa_b2c_payouts", "Payouts in the ledger by status"
 UNKNOWN_OLDEST_SECONDS = Gauge(
     "mpesa_b2c_unknown_oldest_age_seconds", "Age of the oldest payout in status unknown (0 when none)"
 )
+UNKNOWN_SECONDS = Histogram(
+    "mpesa_b2c_unknown_duration_seconds",
+    "Time a payout spent in status unknown before it was settled",
+    buckets=FINAL_BUCKETS,
+)
 QUEUE_DEPTH = Gauge("mpesa_b2c_command_queue_depth", "Messages ready in the command queue")
 PREFETCH = Gauge("mpesa_b2c_consumer_prefetch", "Prefetch count of this worker's consumer")
 DEAD_LETTERS = Counter("mpesa_b2c_dead_letters_total", "Commands copied to the dead-letter queue", ["reason"])
+# Resolving unknowns and finding lost results (worker.reconcile, worker.ledger.lookup_store).
+LOOKUPS = Counter(
+    "mpesa_b2c_lookups_total",
+    "Lookups of payouts in doubt (a status query, or a resend with the same id), by trigger and action",
+    ["trigger", "action"],
+)
+STATUS_QUERIES = Counter(
+    "mpesa_b2c_status_queries_total",
+    "TransactionStatusQuery requests sent, by the gateway's synchronous answer",
+    ["outcome"],
+)
+STATUS_QUERY_ANSWERS = Counter(
+    "mpesa_b2c_status_query_answers_total",
+    "Status query results received, by what they said about the payment looked up",
+    ["verdict"],
+)
+PAYOUTS_FLAGGED = Gauge(
+    "mpesa_b2c_payouts_flagged_for_review",
+    "Payouts whose automatic lookups ran out (or contradicted them), not final: a human must look",
+)
+QUEUE_TIMEOUTS = Counter("mpesa_b2c_queue_timeouts_total", "notifyQueueTimeout notices received and stored")
+# Flow control towards the gateway (worker.limiter, worker.breaker, worker.deferral, worker.flow).
+CIRCUIT_OPEN = Gauge(
+    "mpesa_b2c_circuit_open",
+    "1 while the circuit breaker (shared by every replica) stops sends, by condition; 0 otherwise",
+    ["reason"],
+)
+CIRCUIT_OPENINGS = Counter(
+    "mpesa_b2c_circuit_openings_total", "Circuit breaker openings (or escalations) made by this process", ["reason"]
+)
+CONSUMER_PAUSED = Gauge("mpesa_b2c_consumer_paused", "1 while this worker takes no commands (circuit breaker open)")
+COMMANDS_HELD = Counter(
+    "mpesa_b2c_commands_held_total",
+    "Commands put back unsent, not counted as a retry (breaker open, no rate slot, credential unproven, unreachable)",
+    ["reason"],
+)
+DEFERRALS = Counter(
+    "mpesa_b2c_deferrals_total", "Commands M-PESA did not process (busy, throttled), sent to a delay tier", ["tier"]
+)
+RATE_LIMIT_EFFECTIVE = Gauge(
+    "mpesa_b2c_rate_limit_per_second",
+    "Gateway requests per second per shortcode allowed now, after adaptive slow-down (0: no limit)",
+)
+RATE_LIMIT_WAIT_SECONDS = Histogram(
+    "mpesa_b2c_rate_limit_wait_seconds",
+    "Time a gateway request waited for its rate-limit slot",
+    buckets=(0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+)
+RATE_LIMIT_ADJUSTMENTS = Counter(
+    "mpesa_b2c_rate_limit_adjustments_total",
+    "Changes of the effective rate: down on a throttling answer, up on an accepted request",
+    ["direction"],
+)

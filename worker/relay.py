@@ -66,12 +66,19 @@ class OutboxRelay:
     def _publish(self, events: list[OutboxEvent]) -> int:
         if not events:
             return 0
-        publisher = self._get_publisher()
-        for event in events:
-            publisher.publish(self._exchange, event.routing_key, event.body, message_id=event.event_id or None)
-            self._ledger.mark_published([event.id])
-            metrics.EVENTS_PUBLISHED.labels(routing_key=event.routing_key).inc()
-        return len(events)
+        done = 0
+        try:
+            publisher = self._get_publisher()
+            for event in events:
+                publisher.publish(self._exchange, event.routing_key, event.body, message_id=event.event_id or None)
+                self._ledger.mark_published([event.id])
+                metrics.EVENTS_PUBLISHED.labels(routing_key=event.routing_key).inc()
+                done += 1
+        except B2CError:
+            # Unpublished rows go back at once so the next flush keeps their order, not after the lease.
+            self._ledger.release_outbox([event.id for event in events[done:]])
+            raise
+        return done
 
     def try_flush(self, payout_id: str | None = None) -> bool:
         """Like flush, but a broker failure is logged, not raised: the events stay stored for the next try."""

@@ -16,20 +16,25 @@ from typing import Any
 
 from prometheus_client import make_wsgi_app
 
-from worker import __version__, amqp, metrics
+from worker import __version__, amqp, callback_urls, metrics
 from worker.callbacks import CallbackReceiver
 from worker.consumer import PayoutProcessor
+from worker.deferral import Deferrer
 from worker.errors import B2CError
+from worker.flow import FlowControl
+from worker.flowstore import FlowStore
 from worker.gateway import Gateway
 from worker.httpserver import RunningServer, start_server
 from worker.ledger import Ledger, open_ledger
 from worker.payouts import PayoutStatus
+from worker.reconcile import Reconciler
 from worker.relay import OutboxRelay
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL = 5.0
+FLOW_INTERVAL = 0.25
 
 
 def _relay_for(settings: Settings, ledger: Ledger) -> OutboxRelay:
@@ -83,9 +88,22 @@ class WorkerService:
         metrics.BUILD_INFO.info({"version": __version__})
         metrics.PREFETCH.set(settings.amqp.prefetch)
         self.ledger = open_ledger(settings.ledger)
-        self.gateway = Gateway(settings.mpesa)
+        # What M-PESA calls back on: the configured URLs plus the secret token (worker.callback_urls).
+        self.gateway = Gateway(callback_urls.gateway_mpesa(settings))
         self.relay = _relay_for(settings, self.ledger)
-        self.processor = PayoutProcessor(settings, self.ledger, self.gateway, self.relay)
+        # Circuit breaker + rate limit on every gateway request (worker.flow), shared with the other replicas
+        # through the ledger's database; "not processed" commands wait in delay queues (worker.deferral).
+        self.flow = FlowControl(settings, FlowStore.open(settings.ledger), on_hold=self._pause)
+        self.gateway.observer = self.flow
+        self.deferrer = Deferrer(
+            settings.amqp,
+            settings.flow.retry_delays,
+            lambda: amqp.ConfirmedPublisher(settings.amqp.url, name="mpesa-b2c-deferrals"),
+        )
+        self.processor = PayoutProcessor(
+            settings, self.ledger, self.gateway, self.relay, flow=self.flow, deferrer=self.deferrer
+        )
+        self.reconciler = Reconciler(settings, self.ledger, self.gateway, self.relay)
         self.consumer = amqp.ThreadedConsumer(
             settings.amqp.url,
             settings.amqp.command_queue,
@@ -113,6 +131,9 @@ class WorkerService:
         self._background.every(self.settings.outbox_interval, self.relay.try_flush_older, "outbox-relay")
         self._background.every(GAUGE_INTERVAL, lambda: _ledger_gauges(self.ledger), "ledger-gauges")
         self._background.every(GAUGE_INTERVAL, self._queue_gauge, "queue-gauge")
+        self._background.every(self.reconciler.tick_seconds, self.reconciler.tick, "reconcile")
+        self._follow_flow()  # an open breaker (another replica's, or from before a restart) holds from the start
+        self._background.every(FLOW_INTERVAL, self._follow_flow, "flow-control")
         try:
             self.consumer.run()
         finally:
@@ -130,15 +151,29 @@ class WorkerService:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
+        self.flow.stop.set()  # requests waiting for a rate-limit slot or the canary give up (nothing sent)
         self.consumer.stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def _pause(self, reason: str) -> None:
+        self.consumer.pause(reason)
+
+    def _follow_flow(self) -> None:
+        """Take commands only while the circuit breaker lets requests through (or a probe is due)."""
+        decision = self.flow.tick()
+        if decision.accepting:
+            self.consumer.resume()
+        else:
+            self.consumer.pause(decision.why)
 
     def _close(self) -> None:
         self._background.join()
         with contextlib.suppress(B2CError):
             self.relay.try_flush()
         self.relay.close()
+        self.deferrer.close()
+        self.flow.close()
         if self._server is not None:
             self._server.stop()
         self.ledger.close()
@@ -157,10 +192,13 @@ class WorkerService:
         if path == "/metrics":
             return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
+            # An open circuit breaker is reported but stays 200: the process is healthy and restarting it
+            # would not fund the account or fix a credential (see worker.breaker).
             alive = self._failure is None
-            body = json.dumps({"status": "ok" if alive else "failed", "in_flight": self.consumer.in_flight}).encode()
+            health = {"status": "ok" if alive else "failed", "in_flight": self.consumer.in_flight}
+            health.update(consuming=not self.consumer.paused, **self.flow.health())
             start_response("200 OK" if alive else "503 Service Unavailable", [("Content-Type", "application/json")])
-            return [body]
+            return [json.dumps(health).encode()]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
 
@@ -177,7 +215,16 @@ class ReceiverService:
         self._background = _Background()
         self._background.every(settings.outbox_interval, self.relay.try_flush_older, "outbox-relay")
         self._background.every(GAUGE_INTERVAL, lambda: _ledger_gauges(self.ledger), "ledger-gauges")
-        self.server = start_server(self.app, host, port, threads=threads, name="mpesa-b2c-callbacks")
+        self.server = start_server(
+            self.app,
+            host,
+            port,
+            threads=threads,
+            name="mpesa-b2c-callbacks",
+            keep_proxy_headers=True,
+            # A backstop far above the app's own limit (which answers 413 itself and counts it).
+            max_request_body=max(4 * settings.receiver.max_body_bytes, 1024 * 1024),
+        )
 
     @property
     def port(self) -> int:

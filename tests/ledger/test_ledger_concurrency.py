@@ -96,7 +96,7 @@ def test_result_racing_the_acceptance(ledger: Ledger, new_payout: Callable[..., 
     def race(index: int) -> None:
         payout_id = ids[index // 2]
         if index % 2:
-            ledger.mark_accepted(payout_id, conversation_id="AG_sync", code="0", description="ok")
+            ledger.mark_accepted(payout_id, conversation_id="AG_20240501_0000abc", code="0", description="ok")
         else:
             ledger.record_result(*make_result(code="0", originator=ocid(payout_id)))
 
@@ -115,7 +115,7 @@ def test_many_threads_many_payouts(ledger: Ledger) -> None:
         ledger.record(command, ocid(command.payout_id))
         ledger.begin_send(command.payout_id)
         ledger.mark_accepted(command.payout_id, conversation_id=f"AG_{index}", code="0", description="ok")
-        ledger.record_result(*make_result(code="0", originator=ocid(command.payout_id)))
+        ledger.record_result(*make_result(code="0", originator=ocid(command.payout_id), conversation_id=f"AG_{index}"))
         return command.payout_id
 
     ids = _all_at_once(THREADS, flow)

@@ -114,3 +114,14 @@ def test_concurrent_relays_claim_each_event_once(
     assert len(everything) == 40
     assert len(set(everything)) == 40
     assert ledger.outbox_backlog() == 0
+
+
+def test_released_claims_are_claimable_again_at_once(ledger: Ledger, new_payout: Callable[..., str]) -> None:
+    ids = _make_events(ledger, new_payout, 3)
+    claimed = ledger.claim_outbox(lease_seconds=60)
+    assert len(claimed) == 3 and ledger.claim_outbox() == []
+    ledger.mark_published([claimed[0].id])
+    ledger.release_outbox([event.id for event in claimed])
+    again = ledger.claim_outbox(payout_id=ids[1])
+    assert [event.payout_id for event in again] == [ids[1]]
+    assert [event.payout_id for event in ledger.claim_outbox()] == [ids[2]]

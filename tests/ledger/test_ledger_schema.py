@@ -12,7 +12,7 @@ from ledger_helpers import Database, make_command, ocid
 
 from worker.errors import LedgerError
 from worker.ledger import Ledger, RecordOutcome, open_ledger
-from worker.ledger.schema import LATEST_VERSION
+from worker.ledger.schema import LATEST_VERSION, MIGRATIONS
 from worker.settings import load_settings
 
 TABLES = {"payouts", "outbox", "results", "invalid_commands", "schema_version"}
@@ -39,7 +39,9 @@ def test_concurrent_opens_create_the_schema_once(database: Database) -> None:
         ledgers = list(pool.map(open_at_once, range(6)))
     try:
         assert _tables(database) >= TABLES
-        assert database.query("SELECT version FROM schema_version") == [{"version": LATEST_VERSION}]
+        applied = database.query("SELECT version FROM schema_version ORDER BY version")
+        assert applied == [{"version": version} for version, _ in MIGRATIONS]
+        assert applied[-1] == {"version": LATEST_VERSION}
         command = make_command()
         outcomes = {ledger.record(command, ocid(command.payout_id)).outcome for ledger in ledgers}
         assert outcomes == {RecordOutcome.NEW, RecordOutcome.DUPLICATE}
@@ -59,7 +61,7 @@ def test_reopening_keeps_everything(database: Database) -> None:
     try:
         stored = second.get(command.payout_id)
         assert stored is not None and stored.send_attempts == 1
-        assert len(database.query("SELECT version FROM schema_version")) == 1
+        assert len(database.query("SELECT version FROM schema_version")) == len(MIGRATIONS)
     finally:
         second.close()
 

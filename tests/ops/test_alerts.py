@@ -26,6 +26,8 @@ REQUIRED = {
     "MpesaB2CDeadLettersGrowing": {"mpesa_b2c_dead_letters_total"},
     "MpesaB2COutboxBacklog": {"mpesa_b2c_outbox_backlog"},
     "MpesaB2CComponentDown": {"up"},
+    "MpesaB2CResultsQuarantined": {"mpesa_b2c_results_quarantined_total"},
+    "MpesaB2CResultConflict": {"mpesa_b2c_results_conflicting_total"},
 }
 
 

@@ -123,11 +123,16 @@ def harness_factory(
 ) -> Iterator[Callable[..., Harness]]:
     started: list[tuple[LocalStack, EventLog]] = []
 
-    def start(options: SimulatorOptions | None = None, **env: str) -> Harness:
+    def start(
+        options: SimulatorOptions | None = None, *, gateway_url: Callable[[str], str] | None = None, **env: str
+    ) -> Harness:
+        """``gateway_url``: see start_local_stack (a fault proxy between worker and simulator)."""
         settings = make_settings(**amqp_names, **ledger_env, **env)
         declare(settings)
         events = EventLog(settings.amqp.url, settings.amqp.events_exchange)
-        stack = start_local_stack(settings, simulator_options=options or SimulatorOptions(result_delay=0.05))
+        stack = start_local_stack(
+            settings, simulator_options=options or SimulatorOptions(result_delay=0.05), gateway_url=gateway_url
+        )
         started.append((stack, events))
         return Harness(stack, events)
 

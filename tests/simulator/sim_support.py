@@ -43,7 +43,7 @@ class Collector:
     statuses: list[int] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
-    def wait(self, count: int, path: str | None = None, timeout: float = 5.0) -> list[Received]:
+    def wait(self, count: int, path: str | None = None, timeout: float = 15.0) -> list[Received]:
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
@@ -108,7 +108,7 @@ FAST: dict[str, Any] = {
     "callback_backoff": 0.05,
     "duplicate_gap": 0.05,
     "slow_seconds": 1.0,
-    "callback_timeout": 2.0,
+    "callback_timeout": 5.0,
 }
 
 

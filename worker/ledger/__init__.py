@@ -8,10 +8,22 @@ default) and PostgreSQL (several replicas may share it).
 
 from __future__ import annotations
 
+from worker.ledger.lookups import (
+    FlagReason,
+    LookupAction,
+    LookupState,
+    LookupTask,
+    LookupTrigger,
+    QueueTimeoutApplied,
+    StatusQuery,
+    status_query_id,
+)
 from worker.ledger.model import (
     ApplyOutcome,
     Ledger,
     OutboxEvent,
+    QuarantinedResult,
+    QuarantineState,
     Recorded,
     RecordOutcome,
     ResultApplied,
@@ -25,15 +37,25 @@ from worker.settings import LedgerSettings
 
 __all__ = [
     "ApplyOutcome",
+    "FlagReason",
     "Ledger",
+    "LookupAction",
+    "LookupState",
+    "LookupTask",
+    "LookupTrigger",
     "OutboxEvent",
+    "QuarantineState",
+    "QuarantinedResult",
+    "QueueTimeoutApplied",
     "RecordOutcome",
     "Recorded",
     "ResultApplied",
     "SqlLedger",
+    "StatusQuery",
     "TransitionRefused",
     "UnknownPayout",
     "open_ledger",
+    "status_query_id",
 ]
 
 

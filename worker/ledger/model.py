@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
 from worker.errors import LedgerError
+from worker.ledger.lookups import LookupState, LookupTask, QueueTimeoutApplied, StatusQuery
 from worker.payouts import Payout, PayoutCommand, PayoutStatus
-from worker.protocol.result import Result
+from worker.protocol.result import QueueTimeout, Result
 
 
 class UnknownPayout(LedgerError):
@@ -50,14 +52,49 @@ class ApplyOutcome(StrEnum):
     CONFLICT = "conflict"
     UNMATCHED = "unmatched"
     NOT_FINAL = "not_final"
+    QUARANTINED = "quarantined"
+    # The result answered one of our status queries (worker.ledger.lookup_store): applied to the looked-up
+    # payout as far as it decides anything; never counted as a payment result itself.
+    STATUS_ANSWER = "status_answer"
+    # B2C_CONFIRM_SUCCESS: a success kept unapplied until a status query confirms it.
+    HELD = "held"
 
 
 @dataclass(frozen=True)
 class ResultApplied:
-    """What a result callback did; ``payout`` is the matched payout after the change (None if UNMATCHED)."""
+    """What a result callback did; ``payout`` is the matched payout after the change (None if UNMATCHED).
+
+    ``quarantine_reason``: set when the result was also quarantined (QUARANTINED, or UNMATCHED with
+    ``unknown_payout``), one of :data:`worker.result_match.REASONS`.
+    """
 
     outcome: ApplyOutcome
     payout: Payout | None
+    quarantine_reason: str | None = None
+
+
+class QuarantineState(StrEnum):
+    HELD = "held"
+    DROPPED = "dropped"
+    RELEASED = "released"
+
+
+@dataclass(frozen=True)
+class QuarantinedResult:
+    """A result kept aside unapplied (it did not match its payout, or matched none), with its raw body."""
+
+    id: int
+    received_at: datetime
+    raw: bytes
+    reason: str
+    detail: str
+    payout_id: str | None
+    originator_conversation_id: str | None
+    conversation_id: str | None
+    result_code: str | None
+    state: QuarantineState
+    resolved_at: datetime | None
+    resolution: str | None
 
 
 @dataclass(frozen=True)
@@ -130,8 +167,65 @@ class Ledger(Protocol):
 
     def mark_not_sent(self, payout_id: str, *, code: str | None, description: str | None) -> Payout: ...
 
-    def record_result(self, raw: bytes, result: Result) -> ResultApplied:
-        """Store the raw body always (also when applying fails), then apply it: see SqlLedger.record_result."""
+    def record_result(self, raw: bytes, result: Result, *, confirm_success: bool = False) -> ResultApplied:
+        """Store the raw body always (also when applying fails), then apply it: see SqlLedger.record_result.
+        A result answering one of our status queries is applied to the looked-up payout (STATUS_ANSWER);
+        ``confirm_success`` holds a success unapplied until a status query confirms it (HELD)."""
+        ...
+
+    # Looking payouts up (worker.ledger.lookup_store.LookupStore has the details).
+
+    def due_for_lookup(
+        self, *, unknown_after: float, result_timeout: float, stuck_after: float, lease_seconds: float, limit: int = 50
+    ) -> list[LookupTask]: ...
+
+    def record_status_query(self, payout_id: str, *, trigger: str, retry_after: float) -> StatusQuery | None: ...
+
+    def note_status_query_response(
+        self, query_originator_conversation_id: str, *, outcome: str, code: str | None, description: str | None
+    ) -> None: ...
+
+    def claim_resend(self, payout_id: str, *, expected_attempts: int, retry_after: float) -> Payout | None: ...
+
+    def resend_not_taken(
+        self,
+        payout_id: str,
+        *,
+        code: str | None,
+        description: str | None,
+        not_processed: bool = False,
+        held: bool = False,
+    ) -> Payout: ...
+
+    def flag_for_review(self, payout_id: str, *, reason: str) -> bool: ...
+
+    def rearm_lookup(self, payout_id: str) -> LookupState: ...
+
+    def count_flagged(self) -> int: ...
+
+    def list_flagged(self, limit: int = 100) -> list[LookupState]: ...
+
+    def lookup_state(self, payout_id: str) -> LookupState | None: ...
+
+    def find_status_query(self, query_originator_conversation_id: str) -> StatusQuery | None: ...
+
+    def status_queries(self, payout_id: str) -> list[StatusQuery]: ...
+
+    def record_queue_timeout(self, raw: bytes, notice: QueueTimeout) -> QueueTimeoutApplied: ...
+
+    def list_quarantined(self, *, include_resolved: bool = False, limit: int = 100) -> list[QuarantinedResult]:
+        """Quarantined results, oldest first; only those still ``held`` unless ``include_resolved``."""
+        ...
+
+    def get_quarantined(self, quarantine_id: int) -> QuarantinedResult | None: ...
+
+    def drop_quarantined(self, quarantine_id: int, *, note: str) -> QuarantinedResult:
+        """Mark a held entry ``dropped`` (reviewed, not applied; its body is kept). LedgerError if not held."""
+        ...
+
+    def release_quarantined(self, quarantine_id: int, *, note: str) -> ResultApplied:
+        """Apply a held result to its payout without the match check, after an operator confirmed it with
+        M-PESA; the entry becomes ``released``. LedgerError if not held or it matched no payout."""
         ...
 
     def outbox_pending(self, limit: int = 100, payout_id: str | None = None) -> list[OutboxEvent]: ...
@@ -145,6 +239,8 @@ class Ledger(Protocol):
     ) -> list[OutboxEvent]:
         """For several relays: lease unpublished events so two relays rarely publish the same row."""
         ...
+
+    def release_outbox(self, ids: Sequence[int]) -> None: ...
 
     def mark_published(self, ids: Sequence[int]) -> None: ...
 

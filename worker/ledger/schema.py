@@ -89,6 +89,113 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             """,
         ),
     ),
+    (
+        2,
+        (
+            # Looking payouts up (worker.ledger.lookup_store): bookkeeping on the payout, every status query
+            # recorded before it is sent, every notifyQueueTimeout kept with its raw body.
+            "ALTER TABLE payouts ADD COLUMN lookup_attempts INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE payouts ADD COLUMN lookup_started_at {ts}",
+            "ALTER TABLE payouts ADD COLUMN next_lookup_at {ts}",
+            "ALTER TABLE payouts ADD COLUMN lookup_trigger TEXT",
+            "ALTER TABLE payouts ADD COLUMN resend_due BOOLEAN NOT NULL DEFAULT FALSE",
+            "ALTER TABLE payouts ADD COLUMN flagged_at {ts}",
+            "ALTER TABLE payouts ADD COLUMN flag_reason TEXT",
+            "CREATE INDEX IF NOT EXISTS payouts_lookup ON payouts (status, next_lookup_at)",
+            """
+            CREATE TABLE IF NOT EXISTS status_queries (
+                query_originator_conversation_id TEXT PRIMARY KEY,
+                payout_id TEXT NOT NULL,
+                attempt INTEGER NOT NULL,
+                reason TEXT NOT NULL,
+                sent_at {ts} NOT NULL,
+                response_outcome TEXT,
+                response_code TEXT,
+                response_desc TEXT,
+                answered_at {ts},
+                answer_code TEXT,
+                answer_desc TEXT,
+                transaction_status TEXT,
+                verdict TEXT,
+                note TEXT,
+                UNIQUE (payout_id, attempt)
+            )
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS queue_timeouts (
+                id {serial_pk},
+                received_at {ts} NOT NULL,
+                raw {blob} NOT NULL,
+                originator_conversation_id TEXT,
+                conversation_id TEXT,
+                payout_id TEXT,
+                note TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS queue_timeouts_payout ON queue_timeouts (payout_id)",
+        ),
+    ),
+    (
+        3,
+        (
+            # Flow control shared by every worker replica (worker.flowstore): one GCRA row per shortcode
+            # (times are seconds since the epoch on the database's clock) and the circuit breaker's state.
+            """
+            CREATE TABLE IF NOT EXISTS rate_limits (
+                key TEXT PRIMARY KEY,
+                tat DOUBLE PRECISION NOT NULL,
+                rate DOUBLE PRECISION NOT NULL,
+                throttled_at DOUBLE PRECISION,
+                updated_at {ts} NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS gateway_state (
+                key TEXT PRIMARY KEY,
+                state TEXT NOT NULL,
+                reason TEXT,
+                code TEXT,
+                detail TEXT,
+                opened_at DOUBLE PRECISION,
+                opened_by TEXT,
+                closed_at DOUBLE PRECISION NOT NULL,
+                closed_by TEXT,
+                next_probe_at DOUBLE PRECISION,
+                probe_id TEXT,
+                probe_until DOUBLE PRECISION,
+                failed_probes INTEGER NOT NULL DEFAULT 0,
+                credential_epoch INTEGER NOT NULL DEFAULT 0,
+                canary_id TEXT,
+                canary_owner TEXT,
+                canary_until DOUBLE PRECISION,
+                updated_at {ts} NOT NULL
+            )
+            """,
+        ),
+    ),
+    (
+        4,
+        (
+            # Results that did not match their payout (or matched none), kept aside unapplied for review.
+            """
+            CREATE TABLE IF NOT EXISTS quarantine (
+                id {serial_pk},
+                received_at {ts} NOT NULL,
+                raw {blob} NOT NULL,
+                reason TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                payout_id TEXT,
+                originator_conversation_id TEXT,
+                conversation_id TEXT,
+                result_code TEXT,
+                state TEXT NOT NULL,
+                resolved_at {ts},
+                resolution TEXT
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS quarantine_state ON quarantine (state, id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

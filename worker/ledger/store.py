@@ -17,10 +17,14 @@ from typing import Any, Generic
 
 from worker import metrics
 from worker.errors import B2CError, InvalidCommand, LedgerError
+from worker.ledger import quarantine
 from worker.ledger.engine import C, Database, Engine, Row, Session
+from worker.ledger.lookup_store import LookupStore
+from worker.ledger.lookups import LookupTrigger
 from worker.ledger.model import (
     ApplyOutcome,
     OutboxEvent,
+    QuarantineState,
     Recorded,
     RecordOutcome,
     ResultApplied,
@@ -44,7 +48,8 @@ from worker.payouts import (
     result_summary,
 )
 from worker.protocol.codes import ResultOutcome, result_category
-from worker.protocol.result import Result
+from worker.protocol.result import Result, parse_result_envelope
+from worker.result_match import REASON_UNKNOWN_PAYOUT, mismatches
 
 # Columns a transition may set besides status/updated_at; the only names ever put into UPDATE text.
 _UPDATABLE = frozenset(
@@ -85,6 +90,8 @@ class _Work(Generic[C]):
     session: Session[C]
     now: datetime
     transitions: list[Payout] = field(default_factory=list)
+    # Metric observations that need the state before a change; recorded only once the transaction commits.
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     def load(self, row: Row) -> Payout:
         return _load(self.session.engine, row)
@@ -133,6 +140,9 @@ class _Work(Generic[C]):
         changed = self.load(row)
         if target != payout.status:
             self.transitions.append(changed)
+            if payout.status is PayoutStatus.UNKNOWN:
+                spent = max((self.now - payout.updated_at).total_seconds(), 0.0)
+                self.after_commit.append(lambda: metrics.UNKNOWN_SECONDS.observe(spent))
         return changed
 
     def emit(self, event: dict[str, Any]) -> None:
@@ -169,7 +179,7 @@ class _Work(Generic[C]):
         )
 
 
-class SqlLedger(Generic[C]):
+class SqlLedger(quarantine.QuarantineQueries, LookupStore, Generic[C]):
     """The :class:`~worker.ledger.Ledger` on any :class:`Engine`; build it with :meth:`open`."""
 
     def __init__(self, db: Database[C], *, clock: Callable[[], datetime] = _utcnow) -> None:
@@ -198,6 +208,8 @@ class SqlLedger(Generic[C]):
             work = _Work(session, self._clock())
             yield work
         _observe(work.transitions)
+        for record in work.after_commit:
+            record()
 
     # ------------------------------------------------------------------------------------ commands
 
@@ -387,17 +399,21 @@ class SqlLedger(Generic[C]):
 
     # ------------------------------------------------------------------------------------- results
 
-    def record_result(self, raw: bytes, result: Result) -> ResultApplied:
+    def record_result(self, raw: bytes, result: Result, *, confirm_success: bool = False) -> ResultApplied:
         """Keep the callback body whatever happens, and apply it to its payout if it decides one.
 
         The first final status wins. A later result that agrees with it (completed with the same or no
         receipt; failed after failed or rejected) is DUPLICATE_FINAL, one that contradicts it is CONFLICT:
         both are stored, neither changes the payout or emits an event. If applying fails, the body is
         still stored (applied false, with the error in ``note``) and a LedgerError is raised.
+
+        A result for one of our status queries is applied to the payout it looked up (STATUS_ANSWER, see
+        LookupStore). With ``confirm_success`` a success is stored but held (HELD) until a status query
+        confirms it; a duplicate answer (15/41) has the payout looked up at once.
         """
         try:
             with self._write() as work:
-                return self._apply_result(work, raw, result)
+                return self._apply_result(work, raw, result, confirm_success=confirm_success)
         except Exception as exc:
             try:
                 with self._write() as work:
@@ -415,7 +431,30 @@ class SqlLedger(Generic[C]):
                 raise
             raise LedgerError(f"result stored but not applied: {type(exc).__name__}: {exc}") from exc
 
-    def _apply_result(self, work: _Work[C], raw: bytes, result: Result) -> ResultApplied:
+    def release_quarantined(self, quarantine_id: int, *, note: str) -> ResultApplied:
+        """Apply a held result without the match check (an operator confirmed it); one transaction."""
+        with self._write() as work:
+            entry = quarantine.lock_held(work.session, quarantine_id)
+            if entry.payout_id is None:
+                raise LedgerError(f"q:{quarantine_id} matched no payout: there is nothing to apply it to")
+            applied = self._apply_result(work, entry.raw, parse_result_envelope(entry.raw), verify=False)
+            if applied.payout is None or applied.payout.payout_id != entry.payout_id:
+                raise LedgerError(f"q:{quarantine_id} no longer finds payout {entry.payout_id!r}; not released")
+            if applied.outcome in (ApplyOutcome.CONFLICT, ApplyOutcome.DUPLICATE_FINAL):
+                raise LedgerError(
+                    f"q:{quarantine_id}: payout {entry.payout_id!r} is already {applied.payout.status}; "
+                    "nothing to release (drop the entry instead)"
+                )
+            note = f"{note} (released: {applied.outcome})"
+            quarantine.resolve(work.session, work.now, quarantine_id, QuarantineState.RELEASED, note)
+            return applied
+
+    def _apply_result(
+        self, work: _Work[C], raw: bytes, result: Result, *, verify: bool = True, confirm_success: bool = False
+    ) -> ResultApplied:
+        answered = self._apply_status_answer(work, raw, result)
+        if answered is not None:
+            return answered
         payout: Payout | None = None
         if result.originator_conversation_id:
             payout = work.lock("originator_conversation_id", result.originator_conversation_id)
@@ -423,12 +462,24 @@ class SqlLedger(Generic[C]):
             payout = work.lock("conversation_id", result.conversation_id)
         outcome = result.outcome
         applied = False
+        quarantined: str | None = None
         if payout is None:
             disposition = ApplyOutcome.UNMATCHED
             note = "no payout has this OriginatorConversationID or ConversationID"
+            quarantined = REASON_UNKNOWN_PAYOUT
+            quarantine.insert(work.session, work.now, raw, result, payout_id=None, reason=quarantined, detail=note)
+        elif verify and (found := mismatches(payout, result)):
+            # Not what we sent: kept with its body for review, never applied (see worker.result_match).
+            disposition, quarantined = ApplyOutcome.QUARANTINED, found[0].reason
+            note = "quarantined: " + "; ".join(mismatch.detail for mismatch in found)
+            quarantine.insert(
+                work.session, work.now, raw, result, payout_id=payout.payout_id, reason=quarantined, detail=note
+            )
         elif outcome in (ResultOutcome.COMPLETED, ResultOutcome.FAILED):
             target = PayoutStatus.COMPLETED if outcome is ResultOutcome.COMPLETED else PayoutStatus.FAILED
             if not payout.is_final:
+                if confirm_success and target is PayoutStatus.COMPLETED:
+                    return self._hold_success(work, raw, result, payout)
                 payout = self._finalise(work, payout, target, result)
                 disposition, applied, note = ApplyOutcome.APPLIED, True, f"payout {target}"
             elif _agrees(payout, target, result):
@@ -454,11 +505,21 @@ class SqlLedger(Generic[C]):
         else:
             disposition = ApplyOutcome.NOT_FINAL
             note = f"result outcome {outcome}: payout stays {payout.status}"
+            if outcome is ResultOutcome.DUPLICATE and not payout.is_final:
+                # The id reached M-PESA before (15/41): whatever that first request did decides; look it up.
+                self._lookup_soon(work, payout.payout_id, LookupTrigger.DUPLICATE)
+                note += "; looked up now"
         work.store_result(raw, result, disposition=disposition, payout=payout, applied=applied, note=note)
-        return ResultApplied(disposition, payout)
+        return ResultApplied(disposition, payout, quarantined)
 
     def _finalise(self, work: _Work[C], payout: Payout, target: PayoutStatus, result: Result) -> Payout:
         conversation_id = payout.conversation_id or result.conversation_id
+        if payout.status is PayoutStatus.ACCEPTED:
+            # Callback lag: from M-PESA's acceptance to its result (undefined for a payout we never saw accepted).
+            row = work.session.one("SELECT accepted_at FROM payouts WHERE payout_id = ?", payout.payout_id)
+            if row is not None and row["accepted_at"] is not None:
+                lag = max((work.now - work.session.engine.from_db_time(row["accepted_at"])).total_seconds(), 0.0)
+                work.after_commit.append(lambda: metrics.CALLBACK_LAG_SECONDS.observe(lag))
         if payout.status is not PayoutStatus.ACCEPTED:
             # The result overtook the synchronous answer: the payer still gets accepted before final.
             payout = work.change(
@@ -545,6 +606,19 @@ class SqlLedger(Generic[C]):
                     *ids,
                 )
         return [_outbox_event(row) for row in rows]
+
+    def release_outbox(self, ids: Sequence[int]) -> None:
+        """Give claimed rows back at once (their publish failed), instead of waiting out the lease."""
+        if not ids:
+            return
+        with self._db.transaction() as session:
+            for start in range(0, len(ids), _MARK_CHUNK):
+                chunk = [int(value) for value in ids[start : start + _MARK_CHUNK]]
+                session.run(
+                    "UPDATE outbox SET claimed_until = NULL WHERE published_at IS NULL"  # noqa: S608 - placeholders
+                    f" AND id IN ({_marks(len(chunk))})",
+                    *chunk,
+                )
 
     def mark_published(self, ids: Sequence[int]) -> None:
         """The broker confirmed these events; a repeated or unknown id is ignored."""
@@ -670,3 +744,5 @@ def _observe(transitions: list[Payout]) -> None:
         if payout.status in FINAL_STATUSES:
             seconds = (payout.updated_at - payout.created_at).total_seconds()
             metrics.COMMAND_TO_FINAL_SECONDS.labels(status=str(payout.status)).observe(max(seconds, 0.0))
+        if payout.status is PayoutStatus.FAILED:
+            metrics.KES_FAILED.inc(float(payout.command.amount))

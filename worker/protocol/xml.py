@@ -41,7 +41,10 @@ def parse_untrusted(data: bytes | str, *, max_bytes: int = MAX_XML_BYTES) -> etr
     raw = raw.lstrip()
     if isinstance(data, str) and raw.startswith(b"<?xml"):
         # A str that carried its own declaration was decoded already; lxml wants bytes that agree with it.
-        raw = raw.split(b"?>", 1)[1].lstrip()
+        _, closed, rest = raw.partition(b"?>")
+        if not closed:
+            raise ProtocolError("malformed XML: the XML declaration is not closed")
+        raw = rest.lstrip()
     try:
         root = etree.fromstring(raw, parser=_parser())
     except etree.XMLSyntaxError as exc:

@@ -490,7 +490,10 @@ class SimulatedGateway:
         body = result_envelope(document, DIALECTS.get(scenario, Dialect.XSD))
         if scenario == Scenario.RESULT_BEFORE_RESPONSE:
             return self._submit(transaction, CallbackJob(url, body, "result"), 0.0).done
-        self._submit(transaction, CallbackJob(url, body, "result"), self.options.result_delay)
+        delay = self.options.result_delay
+        if transaction.command_id == STATUS_QUERY and self.options.query_result_delay is not None:
+            delay = self.options.query_result_delay
+        self._submit(transaction, CallbackJob(url, body, "result"), delay)
         if scenario == Scenario.RESULT_TWICE:
             delay = self.options.result_delay + self.options.duplicate_gap
             self._submit(transaction, CallbackJob(url, body, "result#2"), delay)

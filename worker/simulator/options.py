@@ -9,7 +9,8 @@ from worker.simulator.scenarios import Scenario
 
 @dataclass(frozen=True)
 class SimulatorOptions:
-    """Timing and fault settings; ``slow_seconds`` None means the configured read timeout plus five seconds.
+    """Timing and fault settings; ``slow_seconds`` None means the configured read timeout plus five seconds,
+    ``query_result_delay`` None means a TransactionStatusQuery's result comes after ``result_delay`` too.
 
     ``fault`` applies to every payment request (or the next ``fault_count`` of them) whose recipient is not
     a magic number, as if set through ``POST /simulator/faults`` at start.
@@ -20,6 +21,7 @@ class SimulatorOptions:
     slow_seconds: float | None = None
     throttle_tries: int = 2
     queue_timeout_delay: float | None = None
+    query_result_delay: float | None = None
     max_age_seconds: float = 600.0
     callback_attempts: int = 4
     callback_backoff: float = 1.0
@@ -40,6 +42,8 @@ class SimulatorOptions:
             raise ValueError("slow_seconds must not be negative")
         if self.queue_timeout_delay is not None and self.queue_timeout_delay < 0:
             raise ValueError("queue_timeout_delay must not be negative")
+        if self.query_result_delay is not None and self.query_result_delay < 0:
+            raise ValueError("query_result_delay must not be negative")
         if self.callback_attempts < 1 or self.threads < 1 or self.callback_threads < 1:
             raise ValueError("callback_attempts, threads and callback_threads must be at least 1")
         if self.throttle_tries < 0:

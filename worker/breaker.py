@@ -1,0 +1,491 @@
+"""The circuit breaker: stop sending when the gateway cannot take payments, and resume when it can.
+
+It opens, for one shortcode and every replica at once (the state is a row in the ledger's database, see
+:mod:`worker.flowstore`), on four conditions, each with its own way back:
+
+``unreachable``
+    ``B2C_BREAKER_THRESHOLD`` consecutive attempts of this process failed to connect (nothing was sent).
+    Probe: every ``B2C_BREAKER_PROBE_SECONDS`` a plain TCP connect to the gateway's host and port; it sends
+    no request, so it can neither pay nor lock anything. Success closes the breaker; if the gateway still
+    fails, the next attempts open it again.
+``funds``
+    A result said the utility account cannot pay (ResultCode 1, or 5 "below minimum balance"; the receiver
+    stores it and the breaker reads it from the ledger), or a request was refused 100000012. Status queries
+    (lookups, no money) go on. Probe: one real queued payout, the only payment allowed fleet-wide while the
+    probe runs. Its result decides: paid (0)
+    closes the breaker; still no funds leaves it open and the next probe waits twice as long (up to 32
+    intervals). Money-safe: the probe is an ordinary payout with its own stored OriginatorConversationID,
+    and a failed probe is a certain "nothing paid". Its cost is that payout ending ``failed`` (reason
+    ``funds``), so probes back off; ``mpesa-b2c breaker close`` after a top-up resumes at once.
+``credential`` and ``config``
+    A result said the initiator credential is wrong or not permitted (18, 20-22, 28, 31, 32, 44, 48, 50), or
+    the SP authentication failed (100000007): ``credential``. The SP, service or API is not in a usable
+    state, or has no permission or route (100000006, 8, 9, 10, 13): ``config``. No automatic probe: every
+    payment or status query carries the same credential, and repeated failures lock the operator account
+    (8006). An operator fixes the cause and runs ``mpesa-b2c breaker close``.
+
+So that a wrong credential costs one failed request, not one per thread: after the start of every process
+and after every credential condition, a process sends nothing until one request of its own (the
+*canary*, at most one in flight fleet-wide) has come back with a result that proves the credential (paid,
+failed for an account or limit reason, or "not found" for a status query). The other threads wait for it
+(a few seconds at most) or put their command back. A result for the canary that says "credential" opens
+the breaker; the canary was the only request sent with that credential.
+
+While the breaker is open the worker takes no commands (its consumer is cancelled, so commands stay in the
+queue); the reason is in the log, in ``mpesa_b2c_circuit_open{reason}`` and in the worker's ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from worker import metrics
+from worker.errors import B2CError
+from worker.flowstore import BreakerRow, FlowStore
+from worker.gateway import NOT_SENT_REASONS
+from worker.protocol.codes import ResponseOutcome, ResultOutcome, classify_result_code, result_category
+from worker.protocol.request import STATUS_QUERY_COMMAND
+
+log = logging.getLogger(__name__)
+
+UNREACHABLE = "unreachable"
+FUNDS = "funds"
+CREDENTIAL = "credential"
+CONFIG = "config"
+REASONS = (UNREACHABLE, FUNDS, CREDENTIAL, CONFIG)
+
+# Why a request was held back (nothing was sent); bounded, used as metric labels and in GatewayAnswer.reason.
+HOLD_BREAKER = "breaker_open"
+HOLD_CREDENTIAL = "credential_unproven"
+
+CREDENTIAL_RESPONSE_CODES = frozenset({"100000007"})
+CONFIG_RESPONSE_CODES = frozenset({"100000006", "100000008", "100000009", "100000010", "100000013"})
+FUNDS_RESPONSE_CODES = frozenset({"100000012"})
+_PROVES_CREDENTIAL = frozenset({ResultOutcome.COMPLETED, ResultOutcome.FAILED, ResultOutcome.NOT_FOUND})
+# Failures decided before the credential is looked at (the simulator's order; M-PESA's is unconfirmed).
+_INCONCLUSIVE_CATEGORIES = frozenset({"expired"})
+
+SCAN_INTERVAL = 0.05
+SCAN_LAG_ROWS = 50
+START_SCAN_ROWS = 1000
+MAX_PROBE_BACKOFF = 32
+_WAIT_STEP = 0.1
+
+ACTIONS = {
+    UNREACHABLE: "check the network path to the gateway; sending resumes by itself once a TCP connect succeeds",
+    FUNDS: "fund the B2C utility account; one queued payout is sent as a probe every probe interval (backing "
+    "off) and sending resumes when it is paid; `mpesa-b2c breaker close` resumes at once",
+    CREDENTIAL: "fix or unlock the credential (B2C_INITIATOR_NAME/B2C_INITIATOR_PASSWORD, B2C_CERT_PATH, "
+    "B2C_SP_ID/B2C_SP_PASSWORD), then run `mpesa-b2c breaker close`; nothing is sent until then, because "
+    "repeated bad-credential requests lock the operator account",
+    CONFIG: "resolve the SP/service/API state, permission or route with Safaricom, then run `mpesa-b2c breaker close`",
+}
+
+
+def normalise_code(code: str | None) -> str | None:
+    if code is None:
+        return None
+    text = code.strip()
+    return str(int(text)) if text.isascii() and text.isdigit() else text
+
+
+def response_condition(code: str | None) -> str | None:
+    """The account or configuration condition a synchronous ResponseCode reports, if any."""
+    normal = normalise_code(code)
+    if normal in CREDENTIAL_RESPONSE_CODES:
+        return CREDENTIAL
+    if normal in CONFIG_RESPONSE_CODES:
+        return CONFIG
+    if normal in FUNDS_RESPONSE_CODES:
+        return FUNDS
+    return None
+
+
+def result_condition(code: str | None) -> str | None:
+    """The account condition a ResultCode reports (``funds`` or ``credential``), if any."""
+    if code is None:
+        return None
+    category = result_category(code)
+    return category if category in (FUNDS, CREDENTIAL) else None
+
+
+def _proves_credential(code: str | None) -> bool | None:
+    """True: the credential works; False: it does not; None: this result cannot tell."""
+    if code is None:
+        return None
+    if result_condition(code) == CREDENTIAL:
+        return False
+    if result_category(code) in _INCONCLUSIVE_CATEGORIES:
+        return None
+    return True if classify_result_code(code) in _PROVES_CREDENTIAL else None
+
+
+@dataclass(frozen=True)
+class Accepting:
+    """Whether the worker should take commands now, and if not, why (for logs and /healthz)."""
+
+    accepting: bool
+    why: str = ""
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+def describe(row: BreakerRow) -> dict[str, Any]:
+    """The breaker for people: ``/healthz`` and ``mpesa-b2c breaker status``."""
+    state: dict[str, Any] = {"state": "open" if row.open else "closed"}
+    if row.open:
+        state.update(
+            reason=row.reason,
+            code=row.code,
+            detail=row.detail,
+            since=_iso(row.opened_at),
+            opened_by=row.opened_by,
+            next_probe_at=_iso(row.next_probe_at) if row.reason in (UNREACHABLE, FUNDS) else None,
+            probe_running=row.probe_running,
+            failed_probes=row.failed_probes,
+            action=ACTIONS.get(row.reason or "", ""),
+        )
+    else:
+        state.update(since=_iso(row.closed_at), closed_by=row.closed_by)
+    return state
+
+
+class CircuitBreaker:
+    """One shortcode's breaker as seen by one process; thread-safe.
+
+    ``gate`` runs right before every request to the gateway, ``record`` right after it; ``tick`` runs on a
+    background thread (probes, reading results, gauges) and says whether the worker should take commands.
+    """
+
+    def __init__(
+        self,
+        store: FlowStore,
+        key: str,
+        *,
+        threshold: int,
+        probe_seconds: float,
+        gateway_url: str,
+        connect_timeout: float,
+        canary_lease: float,
+        canary_wait: float = 5.0,
+        probe_lease: float | None = None,
+        owner: str | None = None,
+        stop: threading.Event | None = None,
+        on_open: Callable[[str], None] | None = None,
+    ) -> None:
+        self._store = store
+        self.key = key
+        self.threshold = threshold
+        self.probe_seconds = probe_seconds
+        self._gateway = urlsplit(gateway_url)
+        self._connect_timeout = connect_timeout
+        self._canary_lease = canary_lease
+        self.canary_wait = canary_wait
+        self._probe_lease = probe_lease if probe_lease is not None else max(2 * probe_seconds, canary_lease)
+        self.owner = owner or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+        self._stop = stop or threading.Event()
+        self._on_open = on_open
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._verified_epoch: int | None = None
+        self._canary: str | None = None
+        self._probe: str | None = None  # the last funds probe this process sent
+        self._last_scan = 0.0
+        self._cursor = max(0, store.last_result_id() - START_SCAN_ROWS)
+        self._row = store.breaker(key)
+        self._announced: tuple[bool, str | None] = (self._row.open, self._row.reason)
+        if self._row.open:
+            log.error(self._describe_open(self._row))
+        self._gauges(self._row)
+
+    # ------------------------------------------------------------------------------ before a send
+
+    def blocked(self) -> str | None:
+        """A cheap look before taking a command: HOLD_BREAKER while open and no probe is due, else None."""
+        self._scan()
+        row = self._read()
+        return None if self._accepting(row).accepting else HOLD_BREAKER
+
+    def gate(self, command: str, originator_conversation_id: str) -> str | None:
+        """Right before a request: None to send it now, else why it is held back (nothing is sent).
+
+        May wait up to ``canary_wait`` seconds for this process's canary to prove the credential.
+        """
+        deadline = time.monotonic() + self.canary_wait
+        while True:
+            verdict = self._check(command, originator_conversation_id)
+            if verdict != "wait":
+                return verdict
+            if time.monotonic() >= deadline or self._stop.wait(_WAIT_STEP):
+                return HOLD_CREDENTIAL
+
+    def _check(self, command: str, ocid: str) -> str | None:
+        self._scan()
+        row = self._read()
+        if row.open:
+            if row.reason != FUNDS:
+                return HOLD_BREAKER
+            if command == STATUS_QUERY_COMMAND:
+                # A lookup moves no money, and a funds condition proves the credential: lookups go on.
+                with self._lock:
+                    return None if self._verified_epoch == row.credential_epoch else HOLD_BREAKER
+            if self._store.take_probe(self.key, ocid, lease=self._probe_lease):
+                log.warning("circuit open (funds): sending %s as the probe", ocid)
+                self._probe = ocid
+                return None
+            return HOLD_BREAKER
+        with self._lock:
+            if self._verified_epoch == row.credential_epoch:
+                return None
+        if self._canary is not None:
+            self._judge_canary(row)
+            row = self._read()
+            if row.open:
+                return HOLD_BREAKER
+            with self._lock:
+                if self._verified_epoch == row.credential_epoch:
+                    return None
+        if row.canary_running and row.canary_id != ocid:
+            return "wait"  # another request is the canary: no need to ask the database for the lease
+        if self._store.take_canary(self.key, ocid, owner=self.owner, lease=self._canary_lease):
+            if self._canary != ocid:
+                log.info("credential not yet proven by this process: %s %s is the one request in flight", command, ocid)
+            self._canary = ocid
+            return None
+        return "wait"
+
+    def abandon(self, originator_conversation_id: str) -> None:
+        """The request passed the gate but will not be sent after all: free what it held."""
+        if self._canary == originator_conversation_id:
+            self._release_canary()
+        row = self._row
+        if row.probe_id == originator_conversation_id:
+            self._store.end_probe(self.key, originator_conversation_id, failed=False, next_in=0.0)
+
+    # ------------------------------------------------------------------------------- after a send
+
+    def record(
+        self, command: str, originator_conversation_id: str, outcome: ResponseOutcome, reason: str, code: str | None
+    ) -> None:
+        """What one attempt ended with (``reason`` is the gateway's REASON_*, ``code`` the ResponseCode)."""
+        ocid = originator_conversation_id
+        if reason in NOT_SENT_REASONS:
+            with self._lock:
+                self._failures += 1
+                failures = self._failures
+            if failures >= self.threshold:
+                self._open(UNREACHABLE, None, f"{failures} consecutive attempts could not connect ({reason})")
+        else:
+            with self._lock:
+                self._failures = 0
+        condition = response_condition(code) if outcome is ResponseOutcome.REJECTED else None
+        if condition is not None:
+            self._open(condition, code, f"{command} {ocid} refused with ResponseCode {code}")
+        if ocid == self._canary and outcome in (ResponseOutcome.RETRY_LATER, ResponseOutcome.REJECTED):
+            # Refused before M-PESA's core looked at the credential: it proves nothing either way.
+            self._release_canary()
+        if self._row.probe_id == ocid and outcome in (ResponseOutcome.RETRY_LATER, ResponseOutcome.REJECTED):
+            still_no_funds = condition == FUNDS
+            self._end_probe(ocid, failed=still_no_funds)
+
+    # --------------------------------------------------------------------------------- background
+
+    def tick(self) -> Accepting:
+        """Read the shared state and results, run a due probe; whether the worker should take commands."""
+        self._scan(force=True)
+        row = self._read()
+        if row.open and row.reason == UNREACHABLE and (row.next_probe_at or 0.0) <= row.now:
+            self._probe_connect()
+            row = self._read()
+        elif row.open and row.reason == FUNDS and row.probe_id is not None:
+            self._judge_probe(row)
+            row = self._read()
+        if self._canary is not None and not row.open:
+            self._judge_canary(row)
+        return self._accepting(row)
+
+    def close(self, *, by: str) -> bool:
+        """Close the breaker (an operator's decision, or a probe's); True if it was open."""
+        row = self._store.close_breaker(self.key, by=by)
+        if row is not None:
+            self._row = row
+            self._observe(row)
+        return row is not None
+
+    def describe(self) -> dict[str, Any]:
+        """The breaker as this process last read it, and whether this process has proven its credential."""
+        row = self._row
+        with self._lock:
+            proven = self._verified_epoch == row.credential_epoch
+        return {**describe(row), "credential_proven": proven}
+
+    # ----------------------------------------------------------------------------------- internals
+
+    def _read(self) -> BreakerRow:
+        row = self._store.breaker(self.key)
+        self._row = row
+        self._observe(row)
+        return row
+
+    def _accepting(self, row: BreakerRow) -> Accepting:
+        if not row.open:
+            return Accepting(True)
+        if row.reason == FUNDS and not row.probe_running and (row.next_probe_at or 0.0) <= row.now:
+            return Accepting(True, "circuit open (funds): a probe is due")
+        return Accepting(False, f"circuit open ({row.reason}): {row.detail}")
+
+    def _open(self, reason: str, code: str | None, detail: str) -> None:
+        next_probe = self._store.clock() + self.probe_seconds if reason in (UNREACHABLE, FUNDS) else None
+        row = self._store.open_breaker(
+            self.key, reason=reason, code=code, detail=detail, by=self.owner, next_probe_at=next_probe
+        )
+        if row is None:
+            return
+        metrics.CIRCUIT_OPENINGS.labels(reason=reason).inc()
+        if reason == CREDENTIAL:
+            self._canary = None
+        self._row = row
+        self._observe(row)
+
+    def _observe(self, row: BreakerRow) -> None:
+        """Log and notify when the shared state changed (whoever changed it)."""
+        seen = (row.open, row.reason)
+        with self._lock:
+            changed, self._announced = seen != self._announced, seen
+        self._gauges(row)
+        if not changed:
+            return
+        if row.open:
+            log.error(self._describe_open(row))
+            if self._on_open is not None:
+                self._on_open(f"circuit open ({row.reason})")
+        else:
+            log.warning("circuit breaker closed by %s: sending resumes", row.closed_by or "?")
+
+    def _describe_open(self, row: BreakerRow) -> str:
+        return (
+            f"circuit breaker OPEN for shortcode {row.key}: {row.reason} (code {row.code or '-'}): {row.detail}."
+            f" No commands are taken; they stay queued. To resume: {ACTIONS.get(row.reason or '', '')}"
+        )
+
+    def _gauges(self, row: BreakerRow) -> None:
+        for reason in REASONS:
+            metrics.CIRCUIT_OPEN.labels(reason=reason).set(1 if row.open and row.reason == reason else 0)
+
+    def _scan(self, *, force: bool = False) -> None:
+        """Read the results stored since the last look; open on a funds or credential condition.
+
+        A result counts only if its payout was sent after the breaker last closed: results of payouts in
+        flight when it opened must not open it again after a probe closed it.
+        """
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._last_scan < SCAN_INTERVAL:
+                return
+            self._last_scan = now
+            after = max(0, self._cursor - SCAN_LAG_ROWS)
+        results = self._store.results_after(after)
+        if not results:
+            return
+        with self._lock:
+            self._cursor = max(self._cursor, results[-1].id)
+        closed_at: float | None = None
+        for result in results:
+            condition = result_condition(result.code)
+            if condition is None:
+                continue
+            if closed_at is None:
+                closed_at = self._read().closed_at  # fresh: another process may have closed it just now
+            if result.sent_at > closed_at:
+                self._open(condition, result.code, f"result {result.code} for {result.originator_conversation_id}")
+
+    def _judge_canary(self, row: BreakerRow) -> None:
+        canary = self._canary
+        if canary is None:
+            return
+        if row.canary_id != canary:
+            row = self._store.breaker(self.key)  # ``row`` may predate the lease: look again before giving up
+            if row.canary_id != canary:
+                if self._canary == canary:
+                    self._canary = None  # the lease ran out and went elsewhere, or was released
+                return
+        result = self._store.latest_result(canary)
+        proof = _proves_credential(result.code) if result is not None else None
+        if proof is True:
+            with self._lock:
+                self._verified_epoch = row.credential_epoch
+            log.info("credential proven by the result of %s: sending freely", canary)
+            self._release_canary()
+        elif proof is False:
+            assert result is not None
+            self._open(CREDENTIAL, result.code, f"result {result.code} for {canary}")
+        elif result is not None or self._store.payout_status(canary) in ("received", "rejected"):
+            self._release_canary()  # answered without proving anything, or back in the queue: another may try
+
+    def _release_canary(self) -> None:
+        canary, self._canary = self._canary, None
+        if canary is not None:
+            self._store.release_canary(self.key, canary)
+
+    def _judge_probe(self, row: BreakerRow) -> None:
+        probe = row.probe_id
+        assert probe is not None
+        result = self._store.latest_result(probe)
+        code = result.code if result is not None else None
+        if probe == self._probe and _proves_credential(code):
+            with self._lock:
+                self._verified_epoch = row.credential_epoch  # this process's own request: its credential works
+        if code is not None and classify_result_code(code) is ResultOutcome.COMPLETED:
+            if self._store.close_breaker(self.key, by=f"probe {probe}", reason=FUNDS) is not None:
+                log.warning("funds probe %s was paid: the account is funded again", probe)
+            return
+        condition = result_condition(code)
+        if condition == CREDENTIAL:
+            self._open(CREDENTIAL, code, f"result {code} for the probe {probe}")
+        elif condition == FUNDS:
+            self._end_probe(probe, failed=True)
+        elif result is not None or not row.probe_running or self._store.payout_status(probe) == "received":
+            self._end_probe(probe, failed=False)
+
+    def _end_probe(self, probe: str, *, failed: bool) -> None:
+        failures = self._row.failed_probes + (1 if failed else 0)
+        wait = self.probe_seconds * min(2 ** max(failures - 1, 0), MAX_PROBE_BACKOFF) if failed else self.probe_seconds
+        self._store.end_probe(self.key, probe, failed=failed, next_in=wait)
+        if failed:
+            log.warning("funds probe %s failed: still no funds; next probe in %.0fs", probe, wait)
+
+    def _probe_connect(self) -> None:
+        host = self._gateway.hostname or "localhost"
+        port = self._gateway.port or (443 if self._gateway.scheme == "https" else 80)
+        try:
+            with contextlib.closing(socket.create_connection((host, port), timeout=self._connect_timeout)):
+                pass
+        except OSError as exc:
+            log.info("gateway %s:%d still unreachable (%s)", host, port, exc.strerror or type(exc).__name__)
+            self._store.schedule_probe(self.key, after=self.probe_seconds)
+            return
+        with self._lock:
+            self._failures = 0
+        if self._store.close_breaker(self.key, by=f"probe of {host}:{port}", reason=UNREACHABLE) is not None:
+            log.warning("gateway %s:%d reachable again", host, port)
+
+
+def safe_tick(breaker: CircuitBreaker) -> Accepting:
+    """``tick`` for a background loop: a database hiccup keeps the previous decision's safe side (pause)."""
+    try:
+        return breaker.tick()
+    except B2CError as exc:
+        log.warning("circuit breaker state unavailable: %s", exc)
+        return Accepting(False, f"circuit breaker state unavailable: {exc}")

@@ -1,0 +1,52 @@
+"""``mpesa-b2c breaker status|close``: the operator's view of the circuit breaker, and the way to close it.
+
+Closing is how sending resumes after a ``credential`` or ``config`` condition (no automatic probe exists for
+those, see :mod:`worker.breaker`), and the quick way after topping up the utility account. It works on the
+shared state in the ledger's database, so every worker replica resumes within a fraction of a second; each
+process then proves the credential with one request before it sends freely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import socket
+from typing import Any
+
+from worker.breaker import describe
+from worker.flowstore import FlowStore
+from worker.settings import Settings
+
+
+def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
+    store = FlowStore.open(settings.ledger)
+    try:
+        key = settings.mpesa.shortcode
+        if args.action == "close":
+            who = f"operator {getpass.getuser()}@{socket.gethostname()}"
+            closed = store.close_breaker(key, by=who, reason=args.reason)
+            if closed is not None:
+                print(f"circuit breaker of shortcode {key} closed: the workers take commands again")
+            else:
+                why = f" for {args.reason}" if args.reason else ""
+                print(f"circuit breaker of shortcode {key} was not open{why}")
+        print(json.dumps({"shortcode": key, **describe(store.breaker(key))}, indent=2))
+    finally:
+        store.close()
+    return 0
+
+
+def add_breaker_parser(sub: Any) -> None:
+    """The ``breaker`` role, for :func:`worker.cli.build_parser`."""
+    parser = sub.add_parser("breaker", help="show or close the circuit breaker that stops payments to the gateway")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("status", help="whether sending is stopped, why, and what resumes it")
+    p.set_defaults(func=cmd_breaker)
+    p = actions.add_parser("close", help="resume sending (after fixing the credential, or funding the account)")
+    p.add_argument(
+        "--reason",
+        choices=("unreachable", "funds", "credential", "config"),
+        help="close only if it is open for this reason",
+    )
+    p.set_defaults(func=cmd_breaker, reason=None)
