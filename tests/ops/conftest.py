@@ -152,3 +152,33 @@ def walk_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for panel in panels:
         yield panel
         yield from walk_panels(panel.get("panels", []))
+
+
+def substitute(expr: str, variables: dict[str, str]) -> str:
+    """``expr`` with Grafana's ``$name`` / ``${name}`` / ``${name:format}`` replaced; an unknown one fails."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in variables:
+            pytest.fail(f"undefined Grafana variable ${name} in {expr}")
+        return variables[name]
+
+    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", value, expr)
+
+
+def dashboard_queries(dashboard: dict[str, Any], variables: dict[str, str]) -> dict[str, str]:
+    """Every PromQL query of a dashboard, keyed by where it is, variables substituted; a query variable
+    (``label_values(selector, label)``) becomes ``count(selector)``."""
+    found = {}
+    for panel in walk_panels(dashboard["panels"]):
+        for target in panel.get("targets", []):
+            found[f"{dashboard['uid']} / {panel['title']} / {target['refId']}"] = substitute(target["expr"], variables)
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            text = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+            selector = re.fullmatch(r"label_values\((.+),\s*\w+\)", text)
+            assert selector, f"variable {variable['name']}: {text}"
+            found[f"{dashboard['uid']} / variable {variable['name']}"] = (
+                f"count({substitute(selector.group(1), variables)})"
+            )
+    return found

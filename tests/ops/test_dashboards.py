@@ -6,7 +6,6 @@ fails the test, so a dashboard cannot depend on something it does not define.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from .conftest import (
     DASHBOARDS,
     REPO,
+    dashboard_queries,
     exported_metric_names,
     load_json,
     promql_metric_names,
@@ -36,6 +36,8 @@ OVERVIEW_NEEDS = {
     "mpesa_b2c_command_queue_depth",
     "mpesa_b2c_account_balance_kes",
     "mpesa_b2c_paid_kes_total",
+    "mpesa_b2c_failed_kes_total",
+    "mpesa_b2c_unknown_duration_seconds_bucket",  # time spent unknown
 }
 GATEWAY_NEEDS = {
     "mpesa_b2c_gateway_calls_total",
@@ -48,29 +50,8 @@ GATEWAY_NEEDS = {
 }
 
 
-def substitute(expr: str) -> str:
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        if name not in VARIABLES:
-            pytest.fail(f"undefined Grafana variable ${name} in {expr}")
-        return VARIABLES[name]
-
-    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", value, expr)
-
-
 def queries(dashboard: dict[str, Any]) -> dict[str, str]:
-    """Every PromQL query of a dashboard, keyed by where it is, variables substituted."""
-    found = {}
-    for panel in walk_panels(dashboard["panels"]):
-        for target in panel.get("targets", []):
-            found[f"{dashboard['uid']} / {panel['title']} / {target['refId']}"] = substitute(target["expr"])
-    for variable in dashboard["templating"]["list"]:
-        if variable["type"] == "query":
-            text = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
-            selector = re.fullmatch(r"label_values\((.+),\s*\w+\)", text)
-            assert selector, f"variable {variable['name']}: {text}"
-            found[f"{dashboard['uid']} / variable {variable['name']}"] = f"count({substitute(selector.group(1))})"
-    return found
+    return dashboard_queries(dashboard, VARIABLES)
 
 
 @pytest.fixture(scope="module")

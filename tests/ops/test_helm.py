@@ -40,7 +40,13 @@ RELEASE = "pay"
 NAMESPACE = "payouts"
 PREFIX = f"{RELEASE}-mpesa-b2c"
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
-SECRET_VALUES = ("sp-secret-value", "initiator-secret-value", "amqp-secret-value", "db-secret-value")
+SECRET_VALUES = (
+    "sp-secret-value",
+    "initiator-secret-value",
+    "amqp-secret-value",
+    "db-secret-value",
+    "callback-token-secret-value",
+)
 
 MINIMAL: dict[str, Any] = {
     "mpesa": {"url": "https://gw.example.invalid:18423/mminterface/request"},
@@ -49,6 +55,7 @@ MINIMAL: dict[str, Any] = {
         "initiatorPassword": "initiator-secret-value",
         "amqpUrl": "amqps://payouts:amqp-secret-value@rabbitmq.example.invalid:5671/payouts",
         "databaseUrl": "postgresql://payouts:db-secret-value@pg.example.invalid:5432/payouts",
+        "callbackToken": "callback-token-secret-value",
     },
     "certificate": {"pem": CERT},
 }
@@ -198,6 +205,7 @@ def test_default_values_refuse_to_render_without_gateway_broker_and_ledger() -> 
         ("mpesa__url", "mpesa.url"),
         ("secrets__amqpUrl", "secrets.amqpUrl"),
         ("secrets__databaseUrl", "secrets.databaseUrl"),
+        ("secrets__callbackToken", "secrets.callbackToken"),
         ("secrets__spPassword", "secrets.spPassword"),
         ("secrets__initiatorPassword", "secrets.initiatorPassword"),
         ("certificate__pem", "certificate"),
@@ -385,7 +393,7 @@ def test_settings_come_from_the_configmap_and_the_secret(
 ) -> None:
     name, _, docs = scenario
     settings = config(docs)
-    secret_keys = {"B2C_SP_PASSWORD", "B2C_INITIATOR_PASSWORD", "B2C_AMQP_URL", "B2C_DATABASE_URL"}
+    secret_keys = {"B2C_SP_PASSWORD", "B2C_INITIATOR_PASSWORD", "B2C_AMQP_URL", "B2C_DATABASE_URL", "B2C_CALLBACK_TOKEN"}
     assert not secret_keys & set(settings), "a secret setting in the ConfigMap"
     assert all(k.startswith("B2C_") for k in settings)
     for key in ("B2C_MPESA_URL", "B2C_RESULT_URL", "B2C_QUEUE_TIMEOUT_URL"):

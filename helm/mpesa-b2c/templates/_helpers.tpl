@@ -133,6 +133,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if not .Values.secrets.amqpUrl }}
 {{- fail "secrets.amqpUrl (or secrets.existingSecret) is required" }}
 {{- end }}
+{{- if not .Values.secrets.callbackToken }}
+{{- fail "secrets.callbackToken (or secrets.existingSecret) is required: the secret path segment of the result URL" }}
+{{- end }}
 {{- if not .Values.secrets.databaseUrl }}
 {{- fail "secrets.databaseUrl (or secrets.existingSecret) is required: the worker and the receiver share one PostgreSQL ledger" }}
 {{- end }}

@@ -1,0 +1,103 @@
+"""The ledger records the money and timing metrics when results are applied (a SQLite ledger, no broker).
+
+KES failed, the callback lag (accepted -> result) and the time spent unknown are observed only after the
+transaction commits, so a rolled-back change never counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from worker.ledger import ApplyOutcome, Ledger, open_ledger
+from worker.payouts import CommandId, PayoutCommand, PayoutStatus, originator_conversation_id
+from worker.protocol.result import build_result_envelope, parse_result_envelope
+from worker.settings import load_settings
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    settings = load_settings({"B2C_DATA_DIR": str(tmp_path), "B2C_SQLITE_PATH": str(tmp_path / "ledger.sqlite3")})
+    opened = open_ledger(settings.ledger)
+    yield opened
+    opened.close()
+
+
+def _payout(ledger: Ledger, payout_id: str, amount: str) -> str:
+    command = PayoutCommand(
+        payout_id=payout_id,
+        msisdn="254712345678",
+        amount=Decimal(amount),
+        command=CommandId.BUSINESS_PAYMENT,
+        remarks="Payout",
+        occasion=None,
+        metadata={},
+    )
+    originator = originator_conversation_id("600000", "mpesab2c", payout_id)
+    ledger.record(command, originator)
+    ledger.begin_send(payout_id)
+    return originator
+
+
+def _result(ledger: Ledger, originator: str, code: str) -> ApplyOutcome:
+    payout = ledger.find(originator)
+    assert payout is not None
+    # A success states the payout's own amount (a result that does not is quarantined, not applied).
+    amount = f"{payout.command.amount:.2f}"
+    raw = build_result_envelope(
+        code=code,
+        description=f"result code {code}",
+        originator_conversation_id=originator,
+        conversation_id="AG_20240501_0000abc",
+        transaction_id="SE17ABCDEF" if code == "0" else None,
+        parameters={"TransactionAmount": amount, "TransactionReceipt": "SE17ABCDEF"} if code == "0" else {},
+    )
+    return ledger.record_result(raw, parse_result_envelope(raw)).outcome
+
+
+def test_failed_result_counts_the_kes_and_the_callback_lag(ledger: Ledger) -> None:
+    failed_before = sample("mpesa_b2c_failed_kes_total")
+    lags_before = sample("mpesa_b2c_callback_lag_seconds_count")
+    originator = _payout(ledger, "p-metrics-failed", "1234.50")
+    ledger.mark_accepted("p-metrics-failed", conversation_id="AG_20240501_0000abc", code="0", description="ok")
+
+    assert _result(ledger, originator, "1") is ApplyOutcome.APPLIED
+
+    assert sample("mpesa_b2c_failed_kes_total") - failed_before == pytest.approx(1234.50)
+    assert sample("mpesa_b2c_callback_lag_seconds_count") - lags_before == 1
+    # A repeat of the final result changes nothing, so it counts nothing.
+    assert _result(ledger, originator, "1") is ApplyOutcome.DUPLICATE_FINAL
+    assert sample("mpesa_b2c_failed_kes_total") - failed_before == pytest.approx(1234.50)
+    assert sample("mpesa_b2c_callback_lag_seconds_count") - lags_before == 1
+
+
+def test_completed_result_counts_no_failed_kes(ledger: Ledger) -> None:
+    failed_before = sample("mpesa_b2c_failed_kes_total")
+    originator = _payout(ledger, "p-metrics-completed", "99.00")
+    ledger.mark_accepted("p-metrics-completed", conversation_id="AG_20240501_0000abc", code="0", description="ok")
+    assert _result(ledger, originator, "0") is ApplyOutcome.APPLIED
+    assert sample("mpesa_b2c_failed_kes_total") == failed_before
+
+
+def test_leaving_unknown_observes_the_time_spent_unknown(ledger: Ledger) -> None:
+    unknown_before = sample("mpesa_b2c_unknown_duration_seconds_count")
+    lags_before = sample("mpesa_b2c_callback_lag_seconds_count")
+    originator = _payout(ledger, "p-metrics-unknown", "10.00")
+    ledger.mark_unknown("p-metrics-unknown", reason="no_response", code=None, description="read timeout")
+    assert sample("mpesa_b2c_unknown_duration_seconds_count") == unknown_before
+
+    assert _result(ledger, originator, "0") is ApplyOutcome.APPLIED
+
+    payout = ledger.get("p-metrics-unknown")
+    assert payout is not None and payout.status is PayoutStatus.COMPLETED
+    assert sample("mpesa_b2c_unknown_duration_seconds_count") - unknown_before == 1
+    # Never seen accepted: its acceptance time is not known, so no callback lag is made up for it.
+    assert sample("mpesa_b2c_callback_lag_seconds_count") == lags_before
