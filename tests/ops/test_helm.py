@@ -393,7 +393,13 @@ def test_settings_come_from_the_configmap_and_the_secret(
 ) -> None:
     name, _, docs = scenario
     settings = config(docs)
-    secret_keys = {"B2C_SP_PASSWORD", "B2C_INITIATOR_PASSWORD", "B2C_AMQP_URL", "B2C_DATABASE_URL", "B2C_CALLBACK_TOKEN"}
+    secret_keys = {
+        "B2C_SP_PASSWORD",
+        "B2C_INITIATOR_PASSWORD",
+        "B2C_AMQP_URL",
+        "B2C_DATABASE_URL",
+        "B2C_CALLBACK_TOKEN",
+    }
     assert not secret_keys & set(settings), "a secret setting in the ConfigMap"
     assert all(k.startswith("B2C_") for k in settings)
     for key in ("B2C_MPESA_URL", "B2C_RESULT_URL", "B2C_QUEUE_TIMEOUT_URL"):
