@@ -507,6 +507,7 @@ class ThreadedConsumer:
                         if isinstance(exc, BrokerUnavailable):
                             raise
                         raise BrokerUnavailable(f"RabbitMQ at {self._safe_url} failed: {exc}") from None
+                    self._cancel_queued()
                     if time.monotonic() - started > self._max_reconnect_delay:
                         delay = self._reconnect_delay
                     log.warning(
@@ -616,6 +617,17 @@ class ThreadedConsumer:
         with self._lock:
             self._queued[future] = (generation, tag)
         future.add_done_callback(self._forget)
+
+    def _cancel_queued(self) -> None:
+        """Drop deliveries of a lost connection that no handler has started: the broker redelivers them,
+        and running them now would only repeat the work (their acks would be dropped as stale)."""
+        with self._lock:
+            queued = list(self._queued)
+        for future in queued:
+            if future.cancel():
+                with self._lock:
+                    self._in_flight -= 1
+                metrics.IN_FLIGHT.dec()
 
     def _forget(self, future: Future[None]) -> None:
         with self._lock:
