@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pika
 import psycopg
@@ -32,7 +32,7 @@ from worker import amqp
 from worker.ledger import open_ledger
 from worker.payouts import PayoutStatus, originator_conversation_id
 from worker.settings import Settings
-from worker.simulator import SimulatorOptions
+from worker.simulator import RunningSimulator, SimulatorOptions
 from worker.simulator.scenarios import SCENARIOS, Scenario
 from worker.stack import LocalStack, start_local_stack
 
@@ -64,6 +64,16 @@ NEVER_ANSWERED: tuple[Scenario, ...] = ()
 # the breaker opens on ResultCode 1 and probes with one payout at growing intervals; the simulator's magic
 # number fails every probe (whatever the balance), so the batch is measured once the rest is held.
 HOLDS = (Scenario.WRONG_CREDENTIAL, Scenario.INSUFFICIENT_FUNDS)
+
+
+class Measured(Protocol):
+    """What measuring needs: an in-process stack here, or the crash tests' rig (``tests.crash.conftest``)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def simulator(self) -> RunningSimulator: ...
 
 
 @dataclass
@@ -187,7 +197,7 @@ def publish(stack: LocalStack, cmds: list[dict[str, Any]]) -> None:
     amqp.publish_commands(stack.settings.amqp.url, stack.settings.amqp.command_queue, bodies)
 
 
-def payments(stack: LocalStack) -> list[dict[str, Any]]:
+def payments(stack: Measured) -> list[dict[str, Any]]:
     response = requests.get(f"{stack.simulator.base_url}/simulator/transactions", timeout=5)
     response.raise_for_status()
     return [t for t in response.json() if t.get("command_id") != "TransactionStatusQuery"]
@@ -200,7 +210,7 @@ def count_by_originator(found: list[dict[str, Any]]) -> dict[str, int]:
     return counted
 
 
-def _settled(stack: LocalStack, ids: list[str], holds: bool) -> bool:
+def _settled(stack: Measured, ids: list[str], holds: bool) -> bool:
     with contextlib.closing(open_ledger(stack.settings.ledger)) as ledger:
         open_ones = 0
         for pid in ids:
@@ -262,7 +272,7 @@ def wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def measure(stack: LocalStack, batch: Batch, cmds: list[dict[str, Any]], label: str | None = None) -> Row:
+def measure(stack: Measured, batch: Batch, cmds: list[dict[str, Any]], label: str | None = None) -> Row:
     settings = stack.settings
     sent = payments(stack)
     paid = count_by_originator([t for t in sent if t.get("paid")])

@@ -1,4 +1,5 @@
-"""The fault table: every simulator scenario, 0 double-paid, 0 lost, every payout final (or held / flagged).
+"""The fault table: every simulator scenario, then process kills (worker, receiver, simulator) and a RabbitMQ
+restart; 0 double-paid, 0 lost, every payout final (or held / flagged).
 
 The whole suite runs with the CLI's DEBUG logging (``debug_log``) and with distinctive secrets, and its log
 is checked for secrets and full MSISDNs afterwards (item 7 over the whole suite).
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.crash.conftest import CrashRig
 from tests.faults.conftest import SECRETS, assert_no_secrets
 from tests.faults.fault_suite import HOLDS, NEVER_ANSWERED, run_suite, write_table
+from tests.faults.process_kills import run_process_kills
 from tests.faults.test_secrets_in_logs import keep_credentials
 from worker.settings import Settings
 
@@ -22,12 +25,15 @@ TABLE = Path(__file__).with_name("fault-table.md")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("ledger_env", ["postgres"], indirect=True)  # the kill rows' ledger (crash_rig)
 def test_every_scenario_pays_once_and_loses_nothing(
-    make_settings: Callable[..., Settings], debug_log: io.StringIO
+    make_settings: Callable[..., Settings], debug_log: io.StringIO, crash_rig: Callable[..., CrashRig]
 ) -> None:
     started = time.monotonic()
     credentials: list[str] = []
     rows = run_suite(make_settings, count=10, env=SECRETS, inspect=keep_credentials(credentials))
+    rows += run_process_kills(crash_rig, SECRETS)
     text = write_table(rows, TABLE)
     print(f"\n{text}\nfault suite: {time.monotonic() - started:.1f} s")
     for row in rows:

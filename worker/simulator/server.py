@@ -15,6 +15,7 @@ import threading
 from types import FrameType
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import rsa
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import WSGITask
@@ -54,9 +55,19 @@ class _DroppingChannel(HTTPChannel):  # type: ignore[misc]
 class RunningSimulator:
     """A simulator serving on ``host:port`` from a background thread until :meth:`stop`."""
 
-    def __init__(self, settings: Settings, host: str, port: int, options: SimulatorOptions) -> None:
-        self.state = SimulatorState(settings.simulator.initial_balance)
-        self.gateway = SimulatedGateway(settings.mpesa, options, prepare_key(settings), self.state, SimulatorMetrics())
+    def __init__(
+        self,
+        settings: Settings,
+        host: str,
+        port: int,
+        options: SimulatorOptions,
+        *,
+        state: SimulatorState | None = None,
+        key: rsa.RSAPrivateKey | None = None,
+    ) -> None:
+        self.state = state if state is not None else SimulatorState(settings.simulator.initial_balance)
+        key = key if key is not None else prepare_key(settings)
+        self.gateway = SimulatedGateway(settings.mpesa, options, key, self.state, SimulatorMetrics())
         self._map: dict[int, Any] = {}
         self._server: Any = create_server(
             SimulatorApp(self.gateway),
@@ -124,10 +135,21 @@ class RunningSimulator:
 
 
 def start_simulator(
-    settings: Settings, *, host: str = "127.0.0.1", port: int = 0, options: SimulatorOptions | None = None
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    options: SimulatorOptions | None = None,
+    state: SimulatorState | None = None,
+    key: rsa.RSAPrivateKey | None = None,
 ) -> RunningSimulator:
-    """Start a simulator in the background; port 0 picks a free port (read it from ``.port``)."""
-    return RunningSimulator(settings, host, port, options or SimulatorOptions())
+    """Start a simulator in the background; port 0 picks a free port (read it from ``.port``).
+
+    ``state`` and ``key`` (a stopped simulator's ``.state`` and ``.gateway.key``) bring one back after a
+    restart with its memory intact, as the real gateway keeps it: OriginatorConversationIDs it has seen,
+    payments, balance, and the key the worker's certificate belongs to.
+    """
+    return RunningSimulator(settings, host, port, options or SimulatorOptions(), state=state, key=key)
 
 
 def serve(settings: Settings, host: str, port: int, options: SimulatorOptions | None = None) -> None:
