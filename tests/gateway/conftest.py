@@ -19,6 +19,7 @@ from g2_double import INITIATOR_PASSWORD, SP_PASSWORD, FakeGateway, KeyPair, Tls
 
 from worker.gateway import Gateway
 from worker.settings import load_settings
+from worker.simulator.keys import self_signed_certificate
 
 
 @pytest.fixture
@@ -37,20 +38,8 @@ def fake_gateway() -> Iterator[FakeGateway]:
 def encryption_key(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
     """A stand-in for Safaricom's apicrypt certificate, with the private key the tests decrypt with."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "apicrypt.test")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
     path = tmp_path_factory.mktemp("apicrypt") / "apicrypt.cer"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.write_bytes(self_signed_certificate(key))
     return KeyPair(key, path)
 
 
