@@ -228,7 +228,12 @@ def test_failed_callbacks_are_retried_with_backoff(
     items = collector.wait(3, "/result")
     assert len(items) == 3
     assert items[1].at - items[0].at >= 0.04 and items[2].at - items[1].at >= 0.09
+    # The simulator records a delivery once the collector's answer is back, just after the collector saw it.
+    deadline = time.monotonic() + 5
     deliveries = transactions(sim)[0]["callback_deliveries"]
+    while len(deliveries) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        deliveries = transactions(sim)[0]["callback_deliveries"]
     assert [(d["attempt"], d["status"]) for d in deliveries] == [(1, 500), (2, 503), (3, 200)]
     metrics = requests.get(sim.base_url + "/metrics", timeout=5).text
     assert 'mpesa_sim_callback_deliveries_total{outcome="http_error"} 2.0' in metrics
