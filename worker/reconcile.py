@@ -21,13 +21,13 @@ at WARNING. No timer here ever makes a payout ``failed``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Protocol
 
 from worker import metrics
+from worker.consumer import EventRelay, PaymentGateway
 from worker.errors import B2CError
 from worker.gateway import NOT_SENT_REASONS, GatewayAnswer
 from worker.ledger import FlagReason, Ledger, LookupAction, LookupTask
@@ -45,17 +45,8 @@ BATCH = 50
 QUERY_REMARK = "Status query"
 
 
-class LookupGateway(Protocol):
-    def pay(
-        self,
-        *,
-        originator_conversation_id: str,
-        command_id: str,
-        amount: Decimal,
-        msisdn: str,
-        remark: str,
-        reference: Mapping[str, str],
-    ) -> GatewayAnswer: ...
+class LookupGateway(PaymentGateway, Protocol):
+    """The worker's gateway, which also answers status queries."""
 
     def query_status(
         self,
@@ -65,10 +56,6 @@ class LookupGateway(Protocol):
         receipt: str | None = None,
         remark: str = "",
     ) -> GatewayAnswer: ...
-
-
-class EventRelay(Protocol):
-    def flush(self, payout_id: str | None = None, *, limit: int = 500) -> int: ...
 
 
 @dataclass(frozen=True)
