@@ -62,3 +62,19 @@ def test_bad_setting_names_the_variable(env: dict[str, str]) -> None:
     )
     assert done.returncode == 2
     assert "B2C_CONCURRENCY" in done.stderr
+
+
+@pytest.mark.parametrize("role", ["worker", "callbacks"])
+def test_without_demo_defaults_a_role_names_what_is_missing_and_exits(role: str, env: dict[str, str]) -> None:
+    environment = {k: v for k, v in env.items() if not k.startswith("B2C_")} | {"B2C_DEMO_DEFAULTS": "false"}
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", role],
+        env={**environment, "B2C_SHORTCODE": "654321", "B2C_SP_PASSWORD": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "B2C_MPESA_URL" in done.stderr and "B2C_SP_PASSWORD" in done.stderr and "B2C_DATABASE_URL" in done.stderr
+    assert "B2C_SHORTCODE" not in done.stderr

@@ -7,7 +7,31 @@ from pathlib import Path
 import pytest
 
 from worker.errors import ConfigError
-from worker.settings import HEADER_NS_OSG, HEADER_NS_XSD, Secret, load_settings, redact_url
+from worker.settings import (
+    DEMO_CALLBACK_TOKEN,
+    DEMO_DEFAULTED,
+    HEADER_NS_OSG,
+    HEADER_NS_XSD,
+    Secret,
+    load_settings,
+    redact_url,
+)
+
+PRODUCTION_LIKE = {
+    "B2C_MPESA_URL": "https://gw.example.invalid:18423/mminterface/request",
+    "B2C_SP_ID": "654321",
+    "B2C_SP_PASSWORD": "sp-password",
+    "B2C_SERVICE_ID": "654321000",
+    "B2C_INITIATOR_NAME": "payroll",
+    "B2C_INITIATOR_PASSWORD": "initiator-password",
+    "B2C_SHORTCODE": "654321",
+    "B2C_CERT_PATH": "/etc/mpesa-b2c/certificate/mpesa-cert.pem",
+    "B2C_RESULT_URL": "https://b2c.example.invalid/mpesa/result",
+    "B2C_QUEUE_TIMEOUT_URL": "https://b2c.example.invalid/mpesa/queue-timeout",
+    "B2C_AMQP_URL": "amqps://payouts:secret@rabbitmq.example.invalid:5671/payouts",
+    "B2C_DATABASE_URL": "postgresql://payouts:secret@pg.example.invalid:5432/payouts",
+    "B2C_CALLBACK_TOKEN": "a-long-unguessable-token-0123456789",
+}
 
 
 def test_defaults_make_a_working_local_setup() -> None:
@@ -85,3 +109,29 @@ def test_networks_and_delays_parse() -> None:
     )
     assert [str(n) for n in settings.receiver.allowed_networks] == ["196.201.214.0/24", "2001:db8::/32"]
     assert settings.flow.retry_delays == (0.5, 2.0, 10.0)
+
+
+def test_without_demo_defaults_every_demo_defaulted_variable_is_required() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"B2C_DEMO_DEFAULTS": "false", "B2C_AMQP_URL": "amqps://u:p@broker/payouts"})
+    named = caught.value.variable.split(", ")
+    assert named == [name for name in DEMO_DEFAULTED if name != "B2C_AMQP_URL"]
+    assert "B2C_DEMO_DEFAULTS=false" in str(caught.value)
+
+
+@pytest.mark.parametrize("missing", DEMO_DEFAULTED)
+def test_without_demo_defaults_an_empty_value_counts_as_missing(missing: str) -> None:
+    environ = {name: PRODUCTION_LIKE[name] for name in DEMO_DEFAULTED} | {"B2C_DEMO_DEFAULTS": "false"}
+    load_settings(environ)
+    environ[missing] = ""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    assert caught.value.variable == missing
+
+
+def test_without_demo_defaults_the_given_values_are_used() -> None:
+    settings = load_settings({**PRODUCTION_LIKE, "B2C_DEMO_DEFAULTS": "false"})
+    assert settings.mpesa.url == PRODUCTION_LIKE["B2C_MPESA_URL"]
+    assert settings.mpesa.shortcode == "654321"
+    assert settings.ledger.database_url == PRODUCTION_LIKE["B2C_DATABASE_URL"]
+    assert settings.receiver.callback_token.reveal() != DEMO_CALLBACK_TOKEN

@@ -2,7 +2,9 @@
 
 Nothing in the package reads ``os.environ`` except :func:`load_settings`; every bad or missing value is a
 :class:`~worker.errors.ConfigError` naming its variable. Every credential has a demo default so that the
-local set-up (simulator + worker + receiver) needs no configuration at all.
+local set-up (simulator + worker + receiver) needs no configuration at all; ``B2C_DEMO_DEFAULTS=false`` (what
+the Helm chart sets) turns those defaults off, so that a deployment missing one of them refuses to start
+instead of paying from the demo shortcode or keeping its ledger in a pod-local SQLite file.
 """
 
 from __future__ import annotations
@@ -24,6 +26,22 @@ HEADER_NS_OSG = "http://www.huawei.com/schema/osg/common/v2_1"
 HEADER_NS_XSD = "http://www.huawei.com.cn/schema/common/v2_1"
 # Demo default only: a deployment sets its own unguessable B2C_CALLBACK_TOKEN (the receiver warns otherwise).
 DEMO_CALLBACK_TOKEN = "demo-callback-token-not-secret"  # noqa: S105
+# The variables whose defaults only suit the local demo: required when B2C_DEMO_DEFAULTS is false.
+DEMO_DEFAULTED = (
+    "B2C_MPESA_URL",
+    "B2C_SP_ID",
+    "B2C_SP_PASSWORD",
+    "B2C_SERVICE_ID",
+    "B2C_INITIATOR_NAME",
+    "B2C_INITIATOR_PASSWORD",
+    "B2C_SHORTCODE",
+    "B2C_CERT_PATH",
+    "B2C_RESULT_URL",
+    "B2C_QUEUE_TIMEOUT_URL",
+    "B2C_AMQP_URL",
+    "B2C_DATABASE_URL",
+    "B2C_CALLBACK_TOKEN",
+)
 
 
 class Secret:
@@ -255,6 +273,11 @@ class _Env:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise ConfigError naming the first bad variable."""
     env = _Env(os.environ if environ is None else environ)
+    if not env.boolean("B2C_DEMO_DEFAULTS", True):
+        missing = [name for name in DEMO_DEFAULTED if env.optional(name) is None]
+        if missing:
+            reason = "required, because B2C_DEMO_DEFAULTS=false turns their demo defaults off"
+            raise ConfigError(", ".join(missing), reason)
     data_dir = Path(env.text("B2C_DATA_DIR", str(Path.home() / ".local" / "state" / "mpesa-b2c"))).expanduser()
 
     shortcode = env.text("B2C_SHORTCODE", "600000")
