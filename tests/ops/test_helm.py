@@ -1,9 +1,11 @@
 """The Helm chart, rendered offline with Helm's own engine (helm-python-sdk, no cluster, no network).
 
-Three releases are rendered: the minimum a production install needs, production with every option on, and
-staging with the simulator and every option on. Their native objects go through `kubernetes-validate
---strict`, the custom resources through the JSON schemas in ../shared/k8s-schemas, everything through
-yamllint; then the shape that matters is asserted: hardened pods, probes, labels, grace period, secret refs.
+Four releases are rendered: the default values, the minimum a production install needs, production with
+every option on, and staging with the simulator and every option on. Their native objects go through
+`kubernetes-validate --strict`, the custom resources through the JSON schemas in ../shared/k8s-schemas,
+everything through yamllint; then the shape that matters is asserted: hardened pods, probes, labels, grace
+period, secret refs. The default release renders but must not be able to start: its pods' environment, fed
+to the real settings loader, is refused with every missing variable named.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import helm_python as helm
 import jsonschema
 import pytest
 import yaml
+
+from worker.errors import ConfigError
+from worker.settings import DEMO_DEFAULTED, load_settings
 
 from .conftest import (
     CHART,
@@ -49,7 +54,13 @@ SECRET_VALUES = (
 )
 
 MINIMAL: dict[str, Any] = {
-    "mpesa": {"url": "https://gw.example.invalid:18423/mminterface/request"},
+    "mpesa": {
+        "url": "https://gw.example.invalid:18423/mminterface/request",
+        "spId": "654321",
+        "serviceId": "654321000",
+        "shortcode": "654321",
+        "initiatorName": "payroll",
+    },
     "secrets": {
         "spPassword": "sp-secret-value",
         "initiatorPassword": "initiator-secret-value",
@@ -99,6 +110,7 @@ PRODUCTION_ALL: dict[str, Any] = {
 }
 
 STAGING_ALL: dict[str, Any] = {
+    "mpesa": {"spId": "107031", "serviceId": "107031000", "shortcode": "600000", "initiatorName": "staging"},
     "secrets": {"existingSecret": "payouts-staging-secrets"},
     "certificate": {"existingConfigMap": "sandbox-certificate"},
     "simulator": {
@@ -112,7 +124,12 @@ STAGING_ALL: dict[str, Any] = {
     "metrics": MONITORING,
 }
 
-SCENARIOS = {"minimal": MINIMAL, "production-all": PRODUCTION_ALL, "staging-all": STAGING_ALL}
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "minimal": MINIMAL,
+    "production-all": PRODUCTION_ALL,
+    "staging-all": STAGING_ALL,
+}
 CUSTOM = {
     "ServiceMonitor": "servicemonitor_v1.json",
     "PrometheusRule": "prometheusrule_v1.json",
@@ -120,10 +137,18 @@ CUSTOM = {
 }
 
 
-def render(values: dict[str, Any] | None) -> dict[str, str]:
+def render_all(values: dict[str, Any] | None) -> dict[str, str]:
     with helm.Chart.load(CHART) as chart:
-        rendered: dict[str, str] = chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
-    return {name: text for name, text in rendered.items() if not name.endswith("NOTES.txt") and text.strip()}
+        rendered: dict[str, str] = chart.render(values=values or None, name=RELEASE, namespace=NAMESPACE)
+    return rendered
+
+
+def render(values: dict[str, Any] | None) -> dict[str, str]:
+    return {n: text for n, text in render_all(values).items() if not n.endswith("NOTES.txt") and text.strip()}
+
+
+def notes(values: dict[str, Any] | None) -> str:
+    return next(text for name, text in render_all(values).items() if name.endswith("NOTES.txt"))
 
 
 def documents(rendered: dict[str, str]) -> list[dict[str, Any]]:
@@ -191,28 +216,75 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def pod_environment(docs: list[dict[str, Any]], deployment: str) -> dict[str, str]:
+    """The environment a container of this Deployment starts with (the chart's own Secret, not an existing one)."""
+    (container,) = one(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"]
+    environment: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            environment.update(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+        else:
+            environment.update(one(docs, "Secret", source["secretRef"]["name"])["stringData"])
+    environment.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return environment
+
+
+def refused_variables(environment: dict[str, str]) -> set[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environment)
+    return set(caught.value.variable.split(", "))
+
+
 # --- what refuses to render ------------------------------------------------------------------------
 
 
-def test_default_values_refuse_to_render_without_gateway_broker_and_ledger() -> None:
-    message = render_error(None)
-    assert "required" in message
+def test_default_values_render_a_release_that_refuses_to_start() -> None:
+    docs = documents(render(None))
+    derived = {"B2C_RESULT_URL", "B2C_QUEUE_TIMEOUT_URL"}
+    for component in ("worker", "callbacks"):
+        environment = pod_environment(docs, f"{PREFIX}-{component}")
+        assert environment["B2C_DEMO_DEFAULTS"] == "false"
+        assert refused_variables(environment) == set(DEMO_DEFAULTED) - derived
+    text = notes(None)
+    assert "NOT READY TO RUN" in text
+    for value in ("mpesa.url", "mpesa.shortcode", "secrets.databaseUrl", "secrets.callbackToken", "certificate"):
+        assert f"  - {value}" in text
+
+
+def test_a_complete_release_starts_with_its_own_values(tmp_path: Path) -> None:
+    docs = documents(render(MINIMAL))
+    environment = pod_environment(docs, f"{PREFIX}-worker")
+    settings = load_settings(environment)
+    assert settings.mpesa.url == MINIMAL["mpesa"]["url"]
+    assert settings.mpesa.shortcode == MINIMAL["mpesa"]["shortcode"]
+    assert settings.mpesa.initiator_name == MINIMAL["mpesa"]["initiatorName"]
+    assert settings.ledger.database_url == MINIMAL["secrets"]["databaseUrl"]
+    assert settings.receiver.callback_token.reveal() == MINIMAL["secrets"]["callbackToken"]
+    assert "NOT READY" not in notes(MINIMAL)
 
 
 @pytest.mark.parametrize(
-    ("missing", "named"),
+    ("missing", "named", "variable"),
     [
-        ("mpesa__url", "mpesa.url"),
-        ("secrets__amqpUrl", "secrets.amqpUrl"),
-        ("secrets__databaseUrl", "secrets.databaseUrl"),
-        ("secrets__callbackToken", "secrets.callbackToken"),
-        ("secrets__spPassword", "secrets.spPassword"),
-        ("secrets__initiatorPassword", "secrets.initiatorPassword"),
-        ("certificate__pem", "certificate"),
+        ("mpesa__url", "mpesa.url", "B2C_MPESA_URL"),
+        ("mpesa__spId", "mpesa.spId", "B2C_SP_ID"),
+        ("mpesa__serviceId", "mpesa.serviceId", "B2C_SERVICE_ID"),
+        ("mpesa__shortcode", "mpesa.shortcode", "B2C_SHORTCODE"),
+        ("mpesa__initiatorName", "mpesa.initiatorName", "B2C_INITIATOR_NAME"),
+        ("secrets__amqpUrl", "secrets.amqpUrl", "B2C_AMQP_URL"),
+        ("secrets__databaseUrl", "secrets.databaseUrl", "B2C_DATABASE_URL"),
+        ("secrets__callbackToken", "secrets.callbackToken", "B2C_CALLBACK_TOKEN"),
+        ("secrets__spPassword", "secrets.spPassword", "B2C_SP_PASSWORD"),
+        ("secrets__initiatorPassword", "secrets.initiatorPassword", "B2C_INITIATOR_PASSWORD"),
+        ("certificate__pem", "certificate", "B2C_CERT_PATH"),
     ],
 )
-def test_each_required_value_is_named_when_missing(missing: str, named: str) -> None:
-    assert named in render_error(merged(MINIMAL, **{missing: None}))
+def test_each_missing_value_is_named_at_install_and_stops_the_pods(missing: str, named: str, variable: str) -> None:
+    values = merged(MINIMAL, **{missing: None})
+    assert f"  - {named}" in notes(values)
+    docs = documents(render(values))
+    for component in ("worker", "callbacks"):
+        assert refused_variables(pod_environment(docs, f"{PREFIX}-{component}")) == {variable}
 
 
 def test_keda_and_hpa_together_refuse_to_render() -> None:
@@ -245,6 +317,9 @@ def test_two_certificate_sources_refuse_to_render() -> None:
         {"worker": {"replicaCount": "two"}},
         {"secrets": {"databaseUrl": "mysql://u:p@h/db"}},
         {"image": {"digest": "latest"}},
+        {"mpesa": {"shortcode": "12ab"}},
+        {"env": {"B2C_SHORTCODE": "654321"}},
+        {"env": {"B2C_DEMO_DEFAULTS": "true"}},
     ],
 )
 def test_values_schema_rejects_mistakes(change: dict[str, Any]) -> None:
@@ -290,7 +365,12 @@ def test_kubernetes_validate_strict_rejects_an_unknown_field(tmp_path: Path) -> 
 
 def test_custom_resources_match_their_schemas(scenario: tuple[str, dict[str, str], list[dict[str, Any]]]) -> None:
     name, _, docs = scenario
-    expected = {"minimal": set(), "production-all": set(CUSTOM), "staging-all": set(CUSTOM) - {"ScaledObject"}}
+    expected = {
+        "defaults": set(),
+        "minimal": set(),
+        "production-all": set(CUSTOM),
+        "staging-all": set(CUSTOM) - {"ScaledObject"},
+    }
     assert {d["kind"] for d in docs} & set(CUSTOM) == expected[name]
     for doc in docs:
         if doc["kind"] in CUSTOM:
@@ -317,9 +397,10 @@ def test_rendered_output_passes_yamllint(
 
 def test_chart_sources_pass_yamllint_and_helm_lint() -> None:
     assert yamllint([CHART / "values.yaml", CHART / "Chart.yaml"], YAMLLINT_HAND) == ""
-    report = helm.lint(CHART, PRODUCTION_ALL, strict=True, namespace=NAMESPACE)
-    assert not report["errors"]
-    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+    for values in (None, PRODUCTION_ALL):
+        report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
+        assert not report["errors"]
+        assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
 
 # --- the shape that matters ---------------------------------------------------------------------------
@@ -402,16 +483,19 @@ def test_settings_come_from_the_configmap_and_the_secret(
     }
     assert not secret_keys & set(settings), "a secret setting in the ConfigMap"
     assert all(k.startswith("B2C_") for k in settings)
-    for key in ("B2C_MPESA_URL", "B2C_RESULT_URL", "B2C_QUEUE_TIMEOUT_URL"):
+    assert settings["B2C_DEMO_DEFAULTS"] == "false"
+    urls = ("B2C_MPESA_URL", "B2C_RESULT_URL", "B2C_QUEUE_TIMEOUT_URL")
+    for key in urls if name != "defaults" else urls[1:]:
         assert urlsplit(settings[key]).scheme in ("http", "https") and urlsplit(settings[key]).netloc
-    existing = SCENARIOS[name]["secrets"].get("existingSecret")
+    existing = SCENARIOS[name].get("secrets", {}).get("existingSecret")
     secret_name = existing or f"{PREFIX}-secrets"
     if existing:
         assert not kind(docs, "Secret"), "the chart must not render a Secret next to existingSecret"
     else:
         secret = one(docs, "Secret", secret_name)
         assert set(secret["stringData"]) == secret_keys
-        assert secret["stringData"]["B2C_DATABASE_URL"].startswith("postgresql://")
+        if name != "defaults":
+            assert secret["stringData"]["B2C_DATABASE_URL"].startswith("postgresql://")
     for deployment, container in containers(docs):
         if "simulator" in deployment["metadata"]["name"]:
             assert container["envFrom"] == [{"configMapRef": {"name": f"{PREFIX}-config"}}]
@@ -436,7 +520,10 @@ def test_secret_values_appear_only_in_the_secret(scenario: tuple[str, dict[str, 
 def test_certificate_is_mounted_where_b2c_cert_path_points(
     scenario: tuple[str, dict[str, str], list[dict[str, Any]]],
 ) -> None:
-    _, _, docs = scenario
+    name, _, docs = scenario
+    if name == "defaults":
+        assert "B2C_CERT_PATH" not in config(docs), "no certificate given: the pods must not find one"
+        return
     cert_path = PurePosixPath(config(docs)["B2C_CERT_PATH"])
     for deployment, container in containers(docs):
         mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(cert_path.parent))

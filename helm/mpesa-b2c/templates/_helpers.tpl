@@ -88,13 +88,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s%s" (include "mpesa-b2c.callbacksBaseUrl" .) .Values.callbacks.queueTimeoutPath) .Values.mpesa.queueTimeoutUrl }}
 {{- end }}
 
+{{/* Empty when neither mpesa.url nor the simulator is given: the worker then refuses to start. */}}
 {{- define "mpesa-b2c.mpesaUrl" -}}
 {{- if .Values.mpesa.url }}
 {{- .Values.mpesa.url }}
 {{- else if .Values.simulator.enabled }}
 {{- printf "http://%s-simulator.%s.svc:%d/mminterface/request" (include "mpesa-b2c.fullname" .) .Release.Namespace (int .Values.simulator.port) }}
-{{- else }}
-{{- fail "mpesa.url is required (the G2 gateway's /mminterface/request URL), or simulator.enabled=true for staging" }}
 {{- end }}
 {{- end }}
 
@@ -107,16 +106,40 @@ app.kubernetes.io/component: {{ .component }}
 {{- $n }}
 {{- end }}
 
-{{/* True when a certificate is mounted; fails on an ambiguous or missing one. */}}
+{{/* True when a certificate is mounted; fails on an ambiguous one. */}}
 {{- define "mpesa-b2c.hasCertificate" -}}
 {{- $n := include "mpesa-b2c.certificateSources" . | int }}
 {{- if gt $n 1 }}
 {{- fail "certificate: give only one of pem, existingConfigMap, existingSecret" }}
 {{- end }}
-{{- if eq $n 0 }}
-{{- fail "certificate.pem, certificate.existingConfigMap or certificate.existingSecret is required (the M-PESA public certificate; in staging, the simulator key pair's certificate)" }}
-{{- end }}
 {{- if eq $n 1 }}true{{ end }}
+{{- end }}
+
+{{/*
+The values a release needs before its worker and receiver can start, one per line; empty when complete.
+The chart renders without them (NOTES.txt lists them); the pods refuse to start, naming the variables.
+*/}}
+{{- define "mpesa-b2c.missingValues" -}}
+{{- $missing := list }}
+{{- if not (include "mpesa-b2c.mpesaUrl" .) }}
+{{- $missing = append $missing "mpesa.url (or simulator.enabled)" }}
+{{- end }}
+{{- range list "spId" "serviceId" "shortcode" "initiatorName" }}
+{{- if not (get $.Values.mpesa .) }}
+{{- $missing = append $missing (printf "mpesa.%s" .) }}
+{{- end }}
+{{- end }}
+{{- if not .Values.secrets.existingSecret }}
+{{- range list "spPassword" "initiatorPassword" "amqpUrl" "databaseUrl" "callbackToken" }}
+{{- if not (get $.Values.secrets .) }}
+{{- $missing = append $missing (printf "secrets.%s (or secrets.existingSecret)" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if not (include "mpesa-b2c.hasCertificate" .) }}
+{{- $missing = append $missing "certificate (pem, existingConfigMap or existingSecret)" }}
+{{- end }}
+{{- join "\n" $missing }}
 {{- end }}
 
 {{- define "mpesa-b2c.validate" -}}
@@ -129,19 +152,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.simulator.enabled (not .Values.simulator.privateKey.existingSecret) }}
 {{- fail "simulator.privateKey.existingSecret is required with the simulator: the private key of the certificate.* certificate, so that it can read SecurityCredential" }}
 {{- end }}
-{{- if not .Values.secrets.existingSecret }}
-{{- if not .Values.secrets.amqpUrl }}
-{{- fail "secrets.amqpUrl (or secrets.existingSecret) is required" }}
-{{- end }}
-{{- if not .Values.secrets.callbackToken }}
-{{- fail "secrets.callbackToken (or secrets.existingSecret) is required: the secret path segment of the result URL" }}
-{{- end }}
-{{- if not .Values.secrets.databaseUrl }}
-{{- fail "secrets.databaseUrl (or secrets.existingSecret) is required: the worker and the receiver share one PostgreSQL ledger" }}
-{{- end }}
-{{- if and (not .Values.simulator.enabled) (or (not .Values.secrets.spPassword) (not .Values.secrets.initiatorPassword)) }}
-{{- fail "secrets.spPassword and secrets.initiatorPassword (or secrets.existingSecret) are required unless simulator.enabled" }}
-{{- end }}
+{{- if and .Values.simulator.enabled (not (include "mpesa-b2c.hasCertificate" .)) }}
+{{- fail "certificate.* is required with the simulator: the certificate of simulator.privateKey, which the worker encrypts with" }}
 {{- end }}
 {{- end }}
 
