@@ -133,7 +133,8 @@ class PayoutProcessor:
         if payout.status is not PayoutStatus.SENDING:
             return _Claim(payout, claimed=False)
         # ``sending``: either another thread/process is sending right now, or one died mid-send. Only a
-        # redelivery can be the orphan of a dead worker; wait (bounded) until the send lease runs out.
+        # redelivery can be the orphan of a dead worker; wait (bounded) until the send lease runs out. Its
+        # resend passes the circuit breaker like every request (the gateway's flow observer).
         deadline = time.monotonic() + self.send_lease_seconds
         current = payout
         while delivery.redelivered and current.status is PayoutStatus.SENDING:

@@ -17,6 +17,9 @@ from prometheus_client import REGISTRY
 
 from tests.flow.conftest import FAST, Sim, breaker, command, epoch, queued, wait_until
 from tests.pipeline.conftest import Harness
+from worker.amqp import Ack, Delivery
+from worker.flowstore import FlowStore
+from worker.payouts import PayoutStatus, originator_conversation_id, parse_command
 from worker.runtime import WorkerService
 from worker.simulator import SimulatorOptions, start_simulator
 
@@ -163,3 +166,44 @@ def test_unreachable_gateway_opens_the_breaker_and_the_commands_wait_for_it(
         assert len(paid) == 6 and set(paid.values()) == {1}
     finally:
         restarted.stop()
+
+
+def test_an_orphaned_send_redelivered_while_the_breaker_is_open_sends_nothing_then_is_paid_once(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    """A worker died after marking a payout ``sending``; its command comes back while the circuit is open.
+
+    The resend of an orphan goes through the same gate as every request: nothing reaches the gateway while the
+    breaker is open, the command waits, and once the breaker closes it is paid once, under its original id.
+    """
+    h = harness_factory(SimulatorOptions(result_delay=0.05), **FAST)
+    assert h.stack.worker is not None
+    worker, settings = h.stack.worker, h.settings
+    body = json.dumps(command("orphan", 1)).encode()
+    parsed = parse_command(body, amount_min=settings.mpesa.amount_min, amount_max=settings.mpesa.amount_max)
+    ocid = originator_conversation_id(settings.mpesa.shortcode, settings.mpesa.org_name, parsed.payout_id)
+    worker.ledger.record(parsed, ocid, announce_duplicate=False)
+    assert worker.ledger.claim_send(parsed.payout_id, expected_attempts=0) is not None  # then the worker died
+
+    store = FlowStore.open(settings.ledger)
+    try:
+        opened = store.open_breaker(
+            settings.mpesa.shortcode, reason="credential", code="18", detail="test", by="test", next_probe_at=None
+        )
+        assert opened is not None and opened.open
+        worker.processor.send_lease_seconds = 0.0  # the dead worker's send lease has run out
+        redelivered = Delivery(
+            body=body, headers={}, redelivered=True, delivery_count=1, message_id=None, routing_key=""
+        )
+        assert isinstance(worker.processor.handle(redelivered), Ack)  # a copy waits in the queue instead
+        assert h.payments() == [], "a request was sent while the breaker was open"
+        payout = worker.ledger.get(parsed.payout_id)
+        assert payout is not None and payout.originator_conversation_id == ocid
+        assert payout.status is PayoutStatus.RECEIVED
+        assert h.events.snapshot() == [], "nothing failed, nothing was rejected"
+
+        assert store.close_breaker(settings.mpesa.shortcode, by="test") is not None
+    finally:
+        store.close()
+    h.events.wait_for(lambda e: len(e.of("payout.completed")) == 1, 30, "the orphan paid once the breaker closed")
+    assert h.paid_by_originator() == {ocid: 1}
