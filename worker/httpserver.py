@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from waitress import wasyncore
 from waitress.server import create_server
+
+log = logging.getLogger(__name__)
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -41,9 +45,15 @@ class RunningServer:
         return f"http://{self.host}:{self.port}"
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._server.close()
-        self._server.task_dispatcher.shutdown(timeout=timeout)
-        self._thread.join(timeout)
+        """Close every socket from the loop's own thread (closing them from here could pull a descriptor out
+        from under its select()); the loop ends once its map is empty, open keep-alive connections included."""
+        server = self._server
+        if self._thread.is_alive():
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("the %s server thread did not stop within %.0f s", self._thread.name, timeout)
+        server.task_dispatcher.shutdown(timeout=timeout)
 
 
 def start_server(
