@@ -13,6 +13,7 @@ import pytest
 import requests
 from prometheus_client import REGISTRY
 
+from tests.flow.conftest import wait_until
 from tests.guard.conftest import TOKEN, XML, count, result_for, snapshot, table_rows
 from tests.pipeline.conftest import Harness
 from worker.cli import build_parser
@@ -70,6 +71,8 @@ def cli(settings: object, capsys: pytest.CaptureFixture[str], *argv: str) -> tup
 
 def test_the_worker_sends_the_tokened_result_url(harness_factory: Callable[..., Harness]) -> None:
     h = start(harness_factory)
+    # The simulator records the delivery once the receiver's answer is back, just after the event went out.
+    wait_until(lambda: bool(h.payments()[0]["callback_deliveries"]), 5, "the simulator's delivery record")
     [payment] = h.payments()
     [delivery] = payment["callback_deliveries"]
     assert delivery["url"].endswith(f"/mpesa/result/{TOKEN}") and delivery["status"] == 200

@@ -133,3 +133,17 @@ def transactions(sim: RunningSimulator) -> list[dict[str, Any]]:
     response.raise_for_status()
     value: list[dict[str, Any]] = response.json()
     return value
+
+
+def with_deliveries(sim: RunningSimulator, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The transactions once the first has ``count`` callback deliveries recorded.
+
+    The simulator records a delivery when the receiver's answer is back, a moment after the receiver has
+    seen (and acted on) the callback: a test that reads the record right after must wait for it.
+    """
+    deadline = time.monotonic() + timeout
+    records = transactions(sim)
+    while (not records or len(records[0]["callback_deliveries"]) < count) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        records = transactions(sim)
+    return records

@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 import requests
 from sim_client import NS_XSD, G2Client, ResultView, compact, response_fields, result_view
-from sim_support import Collector, client_for, transactions
+from sim_support import Collector, client_for, transactions, with_deliveries
 
 from worker.settings import Settings
 from worker.simulator import RunningSimulator
@@ -57,7 +57,7 @@ def test_correct_payment_is_accepted_then_paid_with_realistic_result(
     assert params["B2CRecipientIsRegisteredCustomer"] == "Y"
     assert result.reference == {"QueueTimeoutURL": client.queue_timeout_url, "Occasion": "Nov & Dec"}
 
-    [record] = transactions(sim)
+    [record] = with_deliveries(sim, 1)
     assert record["paid"] is True and record["result_code"] == "0" and record["amount"] == "1500.00"
     assert record["callback_deliveries"][0]["status"] == 200
 
@@ -228,12 +228,7 @@ def test_failed_callbacks_are_retried_with_backoff(
     items = collector.wait(3, "/result")
     assert len(items) == 3
     assert items[1].at - items[0].at >= 0.04 and items[2].at - items[1].at >= 0.09
-    # The simulator records a delivery once the collector's answer is back, just after the collector saw it.
-    deadline = time.monotonic() + 5
-    deliveries = transactions(sim)[0]["callback_deliveries"]
-    while len(deliveries) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-        deliveries = transactions(sim)[0]["callback_deliveries"]
+    deliveries = with_deliveries(sim, 3)[0]["callback_deliveries"]
     assert [(d["attempt"], d["status"]) for d in deliveries] == [(1, 500), (2, 503), (3, 200)]
     metrics = requests.get(sim.base_url + "/metrics", timeout=5).text
     assert 'mpesa_sim_callback_deliveries_total{outcome="http_error"} 2.0' in metrics
@@ -247,10 +242,8 @@ def test_unreachable_result_url_is_given_up_after_the_configured_attempts(
     client = client_for(sim, settings, collector)
     client.result_url = "http://127.0.0.1:9/result"
     client.pay("600000_acme_unreach", "254712345678", "100.00")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and len(transactions(sim)[0]["callback_deliveries"]) < 2:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    with_deliveries(sim, 2)
+    time.sleep(0.3)  # no third attempt follows
     deliveries = transactions(sim)[0]["callback_deliveries"]
     assert [d["attempt"] for d in deliveries] == [1, 2]
     assert all(d["status"] is None and d["error"] for d in deliveries)
