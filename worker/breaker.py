@@ -233,6 +233,9 @@ class CircuitBreaker:
 
     def _check(self, command: str, ocid: str) -> str | None:
         self._scan()
+        # Taken before the row: a credential proven after this read may come with an opening we did not see.
+        with self._lock:
+            verified_epoch = self._verified_epoch
         row = self._read()
         if row.open:
             if row.reason != FUNDS:
@@ -246,9 +249,8 @@ class CircuitBreaker:
                 self._probe = ocid
                 return None
             return HOLD_BREAKER
-        with self._lock:
-            if self._verified_epoch == row.credential_epoch:
-                return None
+        if verified_epoch == row.credential_epoch:
+            return None
         if self._canary is not None:
             self._judge_canary(row)
             row = self._read()
@@ -424,9 +426,16 @@ class CircuitBreaker:
         result = self._store.latest_result(canary)
         proof = _proves_credential(result.code) if result is not None else None
         if proof is True:
+            assert result is not None
+            condition = result_condition(result.code)
+            if condition is not None:
+                # e.g. ResultCode 1: the credential works but the account is empty. Open before the requests
+                # waiting for this canary can see the credential proven (``_check``), or they all go out to fail.
+                self._open(condition, result.code, f"result {result.code} for the canary {canary}")
+            else:
+                log.info("credential proven by the result of %s: sending freely", canary)
             with self._lock:
                 self._verified_epoch = row.credential_epoch
-            log.info("credential proven by the result of %s: sending freely", canary)
             self._release_canary()
         elif proof is False:
             assert result is not None

@@ -110,6 +110,18 @@ def test_a_credential_failure_of_the_canary_opens_the_breaker_for_everyone(rig: 
     assert not breaker.tick().accepting and rig.store.breaker(KEY).open
 
 
+def test_a_canary_that_finds_the_account_empty_opens_the_breaker_before_the_others_go(rig: Rig) -> None:
+    """ResultCode 1 proves the credential and says the account is empty: the waiting requests must not go."""
+    breaker = rig.make()
+    canary, waiting = rig.payout("e-1"), rig.payout("e-2")
+    assert breaker.gate(PAY, canary) is None
+    rig.result(canary, "1")
+    assert breaker.gate(PAY, waiting) == HOLD_BREAKER
+    row = rig.store.breaker(KEY)
+    assert row.open and (row.reason, row.code) == ("funds", "1")
+    assert breaker.describe()["credential_proven"] is True
+
+
 def test_funds_results_open_it_but_not_those_of_payouts_sent_before_it_last_closed(rig: Rig) -> None:
     breaker = rig.make()
     canary = rig.payout("f-0")
