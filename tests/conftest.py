@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pika
 import psycopg
 import pytest
 
 from worker.amqp import delay_queue_name
-from worker.settings import Settings, load_settings
+from worker.settings import LedgerSettings, Settings, load_settings
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -70,20 +72,39 @@ def ledger_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]
     return {"B2C_DATABASE_URL": url}
 
 
+def fast_settings_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a test's settings: isolated data dir and certificate, fast timeouts."""
+    return {
+        "B2C_DATA_DIR": str(tmp_path / "data"),
+        "B2C_CERT_PATH": str(tmp_path / "data" / "sim-cert.pem"),
+        "B2C_READ_TIMEOUT": "5",
+        "B2C_CONNECT_TIMEOUT": "2",
+        "B2C_RETRY_MAX_SECONDS": "3",
+        "B2C_OUTBOX_INTERVAL": "0.5",
+    }
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    """Settings for a test: isolated data dir and certificate; fast timeouts unless overridden."""
+    """Settings for a test (``fast_settings_env``), with overrides."""
 
     def build(**env: str) -> Settings:
-        base = {
-            "B2C_DATA_DIR": str(tmp_path / "data"),
-            "B2C_CERT_PATH": str(tmp_path / "data" / "sim-cert.pem"),
-            "B2C_READ_TIMEOUT": "5",
-            "B2C_CONNECT_TIMEOUT": "2",
-            "B2C_RETRY_MAX_SECONDS": "3",
-            "B2C_OUTBOX_INTERVAL": "0.5",
-        }
-        base.update(env)
-        return load_settings(base)
+        return load_settings({**fast_settings_env(tmp_path), **env})
 
     return build
+
+
+def table_rows(ledger: LedgerSettings, sql: str, *params: Any) -> list[dict[str, Any]]:
+    """Read the ledger's tables directly (what was stored, whatever the ledger's API says); ``?`` placeholders."""
+    if ledger.database_url is None:
+        conn = sqlite3.connect(ledger.sqlite_path)
+        try:
+            cursor = conn.execute(sql, params)
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        finally:
+            conn.close()
+    with psycopg.connect(ledger.database_url) as pg:
+        cur = pg.execute(sql.replace("?", "%s"), params)
+        names = [column.name for column in cur.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

@@ -25,6 +25,7 @@ import pika
 import pytest
 import requests
 
+from tests.conftest import fast_settings_env
 from tests.pipeline.conftest import declare
 from worker import amqp
 from worker.ledger import Ledger, open_ledger
@@ -320,19 +321,14 @@ def crash_rig(
 ) -> Iterator[Callable[..., CrashRig]]:
     """``start(options, receiver_process=False, **env)``: simulator and (unless ``receiver_process``) receiver here.
 
-    The environment repeats make_settings' test defaults so that the CLI processes and this process read
+    The CLI processes get make_settings' environment (``fast_settings_env``), so they and this process read
     the same settings; with ``receiver_process`` the test starts ``mpesa-b2c callbacks`` itself.
     """
     rigs: list[CrashRig] = []
 
     def start(options: SimulatorOptions, *, receiver_process: bool = False, **extra: str) -> CrashRig:
         env = {
-            "B2C_DATA_DIR": str(tmp_path / "data"),
-            "B2C_CERT_PATH": str(tmp_path / "data" / "sim-cert.pem"),
-            "B2C_READ_TIMEOUT": "5",
-            "B2C_CONNECT_TIMEOUT": "2",
-            "B2C_RETRY_MAX_SECONDS": "3",
-            "B2C_OUTBOX_INTERVAL": "0.5",
+            **fast_settings_env(tmp_path),
             "B2C_LOG_LEVEL": "INFO",
             **amqp_names,
             **ledger_env,

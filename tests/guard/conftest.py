@@ -3,16 +3,15 @@ builders for result bodies, and a side door into the ledger's tables."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import psycopg
 import pytest
 import requests
 
+from tests.conftest import table_rows
 from tests.pipeline.conftest import declare, harness_factory
 from worker.ledger import Ledger
 from worker.payouts import Payout
@@ -20,26 +19,10 @@ from worker.protocol.result import build_result_envelope
 from worker.runtime import ReceiverService
 from worker.settings import LedgerSettings, Settings
 
-__all__ = ["harness_factory"]
+__all__ = ["harness_factory", "table_rows"]
 
 TOKEN = "guard-test-token-0123456789abcdef"
 XML = {"Content-Type": "text/xml; charset=utf-8"}
-
-
-def table_rows(ledger: LedgerSettings, sql: str, *params: Any) -> list[dict[str, Any]]:
-    """Read the ledger's tables directly (what the receiver stored, whatever its API says)."""
-    if ledger.database_url is None:
-        conn = sqlite3.connect(ledger.sqlite_path)
-        try:
-            cursor = conn.execute(sql, params)
-            names = [column[0] for column in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        finally:
-            conn.close()
-    with psycopg.connect(ledger.database_url) as pg:
-        cur = pg.execute(sql.replace("?", "%s"), params)
-        names = [column.name for column in cur.description or []]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def count(ledger: LedgerSettings, table: str) -> int:

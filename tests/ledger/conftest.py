@@ -14,8 +14,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from ledger_helpers import POSTGRES_ADMIN_URL, Database, make_command, ocid
+from ledger_helpers import Database, make_command, ocid
 
+from tests.conftest import POSTGRES_ADMIN_URL
 from worker.ledger import Ledger
 from worker.settings import load_settings
 

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import psycopg
 from jsonschema import Draft202012Validator, FormatChecker
 
+from tests.conftest import table_rows
 from worker.ledger import Ledger, open_ledger
 from worker.payouts import CommandId, PayoutCommand, originator_conversation_id
 from worker.protocol.result import Result, build_result_envelope, parse_result_envelope
 from worker.resources import schema_path
 from worker.settings import LedgerSettings
 
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SHORTCODE = "600000"
 ORG = "mpesab2c"
 
@@ -38,19 +36,7 @@ class Database:
         return open_ledger(self.settings)
 
     def query(self, sql: str, *params: Any) -> list[dict[str, Any]]:
-        if self.kind == "sqlite":
-            conn = sqlite3.connect(self.settings.sqlite_path)
-            try:
-                cursor = conn.execute(sql, params)
-                names = [column[0] for column in cursor.description]
-                return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-            finally:
-                conn.close()
-        assert self.settings.database_url is not None
-        with psycopg.connect(self.settings.database_url) as pg:
-            cur = pg.execute(sql.replace("?", "%s"), params)
-            names = [column.name for column in cur.description or []]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return table_rows(self.settings, sql, *params)
 
 
 def make_command(payout_id: str | None = None, amount: str = "1500.00", **overrides: Any) -> PayoutCommand:
