@@ -53,7 +53,13 @@ from worker import metrics
 from worker.errors import B2CError
 from worker.flowstore import BreakerRow, FlowStore
 from worker.gateway import NOT_SENT_REASONS
-from worker.protocol.codes import ResponseOutcome, ResultOutcome, classify_result_code, result_category
+from worker.protocol.codes import (
+    ResponseOutcome,
+    ResultOutcome,
+    classify_result_code,
+    response_category,
+    result_category,
+)
 from worker.protocol.request import STATUS_QUERY_COMMAND
 
 log = logging.getLogger(__name__)
@@ -68,9 +74,6 @@ REASONS = (UNREACHABLE, FUNDS, CREDENTIAL, CONFIG)
 HOLD_BREAKER = "breaker_open"
 HOLD_CREDENTIAL = "credential_unproven"
 
-CREDENTIAL_RESPONSE_CODES = frozenset({"100000007"})
-CONFIG_RESPONSE_CODES = frozenset({"100000006", "100000008", "100000009", "100000010", "100000013"})
-FUNDS_RESPONSE_CODES = frozenset({"100000012"})
 _PROVES_CREDENTIAL = frozenset({ResultOutcome.COMPLETED, ResultOutcome.FAILED, ResultOutcome.NOT_FOUND})
 # Failures decided before the credential is looked at (the simulator's order; M-PESA's is unconfirmed).
 _INCONCLUSIVE_CATEGORIES = frozenset({"expired"})
@@ -92,23 +95,9 @@ ACTIONS = {
 }
 
 
-def normalise_code(code: str | None) -> str | None:
-    if code is None:
-        return None
-    text = code.strip()
-    return str(int(text)) if text.isascii() and text.isdigit() else text
-
-
 def response_condition(code: str | None) -> str | None:
     """The account or configuration condition a synchronous ResponseCode reports, if any."""
-    normal = normalise_code(code)
-    if normal in CREDENTIAL_RESPONSE_CODES:
-        return CREDENTIAL
-    if normal in CONFIG_RESPONSE_CODES:
-        return CONFIG
-    if normal in FUNDS_RESPONSE_CODES:
-        return FUNDS
-    return None
+    return None if code is None else response_category(code)
 
 
 def result_condition(code: str | None) -> str | None:

@@ -38,6 +38,7 @@ from worker.ledger.lookups import (
 )
 from worker.ledger.model import ApplyOutcome, ResultApplied, UnknownPayout
 from worker.payouts import FINAL_STATUSES, Payout, PayoutStatus, UnknownReason
+from worker.protocol.codes import normalise_code
 from worker.protocol.result import QueueTimeout, Result, parse_result_envelope
 from worker.protocol.status import StatusVerdict, interpret_status_answer
 
@@ -66,8 +67,7 @@ _DUE_SQL = (
 
 
 def _cached(code: str | None) -> bool:
-    text = (code or "").strip()
-    return text.isdigit() and str(int(text)) == CACHED_RESPONSE_CODE
+    return code is not None and normalise_code(code) == CACHED_RESPONSE_CODE
 
 
 class LookupStore:

@@ -33,6 +33,7 @@ class ResultOutcome(StrEnum):
 class _ResponseEntry:
     outcome: ResponseOutcome
     meaning: str
+    category: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,18 @@ class _ResultEntry:
     category: str | None = None
 
 
-def _normalise(code: str) -> str:
+def normalise_code(code: str) -> str:
     """``0``, ``00000000`` and ``000000000`` all occur for success; compare numbers, not spellings."""
     text = code.strip()
     if text.isascii() and text.isdigit():
         return str(int(text))
     return text
 
+
+# Account conditions that need the same operational reaction, for responses and results alike.
+_FUNDS = "funds"
+_CREDENTIAL = "credential"
+_CONFIG = "config"
 
 _A, _R, _X, _U = (
     ResponseOutcome.ACCEPTED,
@@ -72,13 +78,13 @@ RESPONSE_CODES: dict[str, _ResponseEntry] = {
     "24": _ResponseEntry(_X, "invalid or missing input, schema error"),
     "25": _ResponseEntry(_X, "invalid or missing input, schema error"),
     "30": _ResponseEntry(_X, "invalid or missing input, schema error"),
-    "100000006": _ResponseEntry(_X, "SP state abnormal"),
-    "100000007": _ResponseEntry(_X, "authentication failed"),
-    "100000008": _ResponseEntry(_X, "service state abnormal"),
-    "100000009": _ResponseEntry(_X, "API state abnormal"),
-    "100000010": _ResponseEntry(_X, "insufficient permissions"),
-    "100000012": _ResponseEntry(_X, "insufficient balance"),
-    "100000013": _ResponseEntry(_X, "no route"),
+    "100000006": _ResponseEntry(_X, "SP state abnormal", _CONFIG),
+    "100000007": _ResponseEntry(_X, "authentication failed", _CREDENTIAL),
+    "100000008": _ResponseEntry(_X, "service state abnormal", _CONFIG),
+    "100000009": _ResponseEntry(_X, "API state abnormal", _CONFIG),
+    "100000010": _ResponseEntry(_X, "insufficient permissions", _CONFIG),
+    "100000012": _ResponseEntry(_X, "insufficient balance", _FUNDS),
+    "100000013": _ResponseEntry(_X, "no route", _CONFIG),
 }
 
 _C, _F, _D, _N, _NF = (
@@ -89,18 +95,17 @@ _C, _F, _D, _N, _NF = (
     ResultOutcome.NOT_FOUND,
 )
 _PARTY = "party"
-_CREDENTIAL = "credential"
 _LIMITS = "limits"
 _PARTY_MEANING = "unresolved or invalid party or account"
 _CREDENTIAL_MEANING = "initiator credential, permission or configuration error"
 
 RESULT_CODES: dict[str, _ResultEntry] = {
     "0": _ResultEntry(_C, "success"),
-    "1": _ResultEntry(_F, "insufficient funds in the utility account", "funds"),
+    "1": _ResultEntry(_F, "insufficient funds in the utility account", _FUNDS),
     "2": _ResultEntry(_F, "less than the minimum transaction value", _LIMITS),
     "3": _ResultEntry(_F, "more than the maximum transaction value", _LIMITS),
     "4": _ResultEntry(_F, "would exceed the customer's daily transfer limit", _LIMITS),
-    "5": _ResultEntry(_F, "would take the organisation below its minimum balance", "funds"),
+    "5": _ResultEntry(_F, "would take the organisation below its minimum balance", _FUNDS),
     "6": _ResultEntry(_F, _PARTY_MEANING, _PARTY),
     "7": _ResultEntry(_F, _PARTY_MEANING, _PARTY),
     "8": _ResultEntry(_F, "would exceed the customer's maximum balance", _LIMITS),
@@ -129,32 +134,41 @@ RESULT_CODES: dict[str, _ResultEntry] = {
     "19": _ResultEntry(_F, "request expired (stale Transaction/Timestamp)", "expired"),
     "26": _ResultEntry(_N, "system too busy"),
     "49": _ResultEntry(_NF, "no transaction found"),
+    # "Repeated failures lock the operator (8006): stop sending" (PROTOCOL §2). Not in the outcome table, so
+    # the payout stays unknown; the category stops every further send.
+    "8006": _ResultEntry(ResultOutcome.UNKNOWN, "initiator locked after repeated credential failures", _CREDENTIAL),
 }
 
 
 def classify_response_code(code: str) -> ResponseOutcome:
     """Map a ResponseCode to what the sender does next; unlisted codes are UNKNOWN."""
-    entry = RESPONSE_CODES.get(_normalise(code))
+    entry = RESPONSE_CODES.get(normalise_code(code))
     return entry.outcome if entry else ResponseOutcome.UNKNOWN
 
 
 def classify_result_code(code: str) -> ResultOutcome:
     """Map a ResultCode to the payout's fate; unlisted codes are UNKNOWN."""
-    entry = RESULT_CODES.get(_normalise(code))
+    entry = RESULT_CODES.get(normalise_code(code))
     return entry.outcome if entry else ResultOutcome.UNKNOWN
+
+
+def response_category(code: str) -> str | None:
+    """The account condition a refused request reports (``credential``, ``config``, ``funds``), if any."""
+    entry = RESPONSE_CODES.get(normalise_code(code))
+    return entry.category if entry else None
 
 
 def result_category(code: str) -> str | None:
     """Groups failures that need the same operational reaction (fund the account, fix the credential...)."""
-    entry = RESULT_CODES.get(_normalise(code))
+    entry = RESULT_CODES.get(normalise_code(code))
     return entry.category if entry else None
 
 
 def describe_response_code(code: str) -> str:
-    entry = RESPONSE_CODES.get(_normalise(code))
+    entry = RESPONSE_CODES.get(normalise_code(code))
     return entry.meaning if entry else "unlisted response code"
 
 
 def describe_result_code(code: str) -> str:
-    entry = RESULT_CODES.get(_normalise(code))
+    entry = RESULT_CODES.get(normalise_code(code))
     return entry.meaning if entry else "unlisted result code"

@@ -36,8 +36,10 @@ from worker.protocol.inbound import (
     parse_request_envelope,
     validate_request_document,
 )
+from worker.protocol.request import PAYMENT_COMMANDS, STATUS_QUERY_COMMAND
 from worker.protocol.response import build_response_envelope
 from worker.protocol.xml import child, descendant, parse_untrusted
+from worker.redact import mask_msisdn
 from worker.settings import MpesaSettings
 from worker.simulator.callbacks import Attempt, CallbackDeliverer, CallbackJob
 from worker.simulator.metrics import SimulatorMetrics
@@ -63,16 +65,6 @@ from worker.simulator.templates import truncate as truncate_body
 
 log = logging.getLogger(__name__)
 
-PAYMENT_COMMANDS = frozenset(
-    {
-        "BusinessPayment",
-        "SalaryPayment",
-        "PromotionPayment",
-        "BusinessPaymentWithWithdrawalChargePaid",
-        "SalaryPaymentWithWithdrawalChargePaid",
-    }
-)
-STATUS_QUERY = "TransactionStatusQuery"
 QUERY_KEYS = ("OriginatorConversationID", "ReceiptNumber", "TransactionID", "ConversationID")
 REASON_TYPES = {
     "BusinessPayment": "Business Payment to Customer via API",
@@ -130,12 +122,6 @@ class _Refused(Exception):
         super().__init__(description)
         self.code = code
         self.description = description
-
-
-def mask(msisdn: str | None) -> str:
-    if not msisdn:
-        return "-"
-    return msisdn[:4] + "*" * max(0, len(msisdn) - 6) + msisdn[-2:] if len(msisdn) > 6 else "***"
 
 
 def _money(value: Decimal) -> str:
@@ -208,7 +194,7 @@ class SimulatedGateway:
             call = _Call(inbound, body, transaction, now)
             if request.command_id in PAYMENT_COMMANDS:
                 return self._payment(call)
-            if request.command_id == STATUS_QUERY:
+            if request.command_id == STATUS_QUERY_COMMAND:
                 return self._status_query(call)
             raise _Refused("23", f"The CommandID {request.command_id[:64]!r} is not supported.")
         except _Refused as refused:
@@ -491,7 +477,7 @@ class SimulatedGateway:
         if scenario == Scenario.RESULT_BEFORE_RESPONSE:
             return self._submit(transaction, CallbackJob(url, body, "result"), 0.0).done
         delay = self.options.result_delay
-        if transaction.command_id == STATUS_QUERY and self.options.query_result_delay is not None:
+        if transaction.command_id == STATUS_QUERY_COMMAND and self.options.query_result_delay is not None:
             delay = self.options.query_result_delay
         self._submit(transaction, CallbackJob(url, body, "result"), delay)
         if scenario == Scenario.RESULT_TWICE:
@@ -535,7 +521,7 @@ class SimulatedGateway:
             "%s %s to %s: response %s, result %s, scenario %s",
             transaction.command_id or "request",
             transaction.originator_conversation_id or "-",
-            mask(transaction.msisdn),
+            mask_msisdn(transaction.msisdn) if transaction.msisdn else "-",
             transaction.response_code or transaction.http_status or "none",
             transaction.result_code or "-",
             transaction.scenario.value,
