@@ -2,18 +2,16 @@
 
 Money safety rests on three rules this module keeps:
 - the payout is in the ledger, and marked ``sending``, before the gateway is called;
-- every (re)send of a payout uses the OriginatorConversationID stored with it, so M-PESA refuses a second
-  payment (result 15) even when we resend after a crash;
+- only a ``received`` payout is sent from here: one already ``sending`` (its worker died mid-send) has an
+  unknown fate, so it is left to the reconciler, which looks it up before resending it with the same
+  OriginatorConversationID;
 - the delivery is acked only after the ledger transition's events were confirmed by the broker.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
 
@@ -35,7 +33,7 @@ from worker.payouts import (
 )
 from worker.protocol.codes import ResponseOutcome
 from worker.redact import mask_msisdn
-from worker.settings import Settings
+from worker.settings import MpesaSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +55,10 @@ class EventRelay(Protocol):
     def flush(self, payout_id: str | None = None, *, limit: int = 500) -> int: ...
 
 
-@dataclass(frozen=True)
-class _Claim:
-    payout: Payout
-    claimed: bool
+def send_lease_seconds(mpesa: MpesaSettings, flow_wait: float = 0.0) -> float:
+    """How long one send can take, flow-control wait, connect, read and the whole retry budget included: a
+    ``sending`` payout older than this has no send running any more."""
+    return flow_wait + mpesa.connect_timeout + mpesa.read_timeout + mpesa.retry_max_seconds + 5.0
 
 
 class PayoutProcessor:
@@ -84,10 +82,7 @@ class PayoutProcessor:
         self._ledger = ledger
         self._gateway = gateway
         self._relay = relay
-        # A send older than this cannot still be running: connect + read timeouts + the whole retry budget.
-        self.send_lease_seconds = (
-            self._mpesa.connect_timeout + self._mpesa.read_timeout + self._mpesa.retry_max_seconds + 5.0
-        ) + (flow.max_wait_seconds if flow is not None else 0.0)
+        self.send_lease_seconds = send_lease_seconds(self._mpesa, flow.max_wait_seconds if flow is not None else 0.0)
 
     def handle(self, delivery: Delivery) -> Disposition:
         metrics.COMMANDS_RECEIVED.inc()
@@ -107,55 +102,22 @@ class PayoutProcessor:
             held = self._flow.admit()
             if held is not None:  # the circuit breaker is open: not even claimed, back to the queue
                 return self._deferrer.carry_out(delivery, Hold(held))
-        if recorded.outcome is RecordOutcome.NEW:
-            claim = self._claim(payout)
-        else:
-            claim = self._resume(payout, delivery)
-            if not claim.claimed:
-                metrics.COMMANDS_DUPLICATE.inc()
-                self._ledger.note_duplicate(payout.payout_id)
-                return self._publish_then_ack(payout.payout_id)
-        if not claim.claimed:
-            # A concurrent delivery of the same payout took it between record and claim: it owns the send.
+        claimed = (
+            self._ledger.claim_send(payout.payout_id, expected_attempts=payout.send_attempts)
+            if payout.status is PayoutStatus.RECEIVED
+            else None
+        )
+        if claimed is None and delivery.redelivered and payout.status is PayoutStatus.SENDING:
+            # Ours again after a connection or worker was lost mid-send: not a duplicate from the payer. The
+            # send may still be running; if its worker died, the reconciler looks it up once the lease ends.
+            log.info("payout %s: redelivered while sending; left to its sender or the reconciler", payout.payout_id)
+            return self._publish_then_ack(payout.payout_id)
+        if claimed is None:
+            # Already past ``received`` (sent, being sent, final), or a concurrent delivery claimed it first.
             metrics.COMMANDS_DUPLICATE.inc()
             self._ledger.note_duplicate(payout.payout_id)
             return self._publish_then_ack(payout.payout_id)
-        return self._send(claim.payout, delivery)
-
-    def _claim(self, payout: Payout) -> _Claim:
-        after = self._ledger.claim_send(payout.payout_id, expected_attempts=payout.send_attempts)
-        return _Claim(payout, claimed=False) if after is None else _Claim(after, claimed=True)
-
-    def _resume(self, payout: Payout, delivery: Delivery) -> _Claim:
-        """A command we already recorded: finish it if its earlier handling died, else answer as duplicate."""
-        if payout.status is PayoutStatus.RECEIVED:
-            return self._claim(payout)
-        if payout.status is not PayoutStatus.SENDING:
-            return _Claim(payout, claimed=False)
-        # ``sending``: either another thread/process is sending right now, or one died mid-send. Only a
-        # redelivery can be the orphan of a dead worker; wait (bounded) until the send lease runs out. Its
-        # resend passes the circuit breaker like every request (the gateway's flow observer).
-        deadline = time.monotonic() + self.send_lease_seconds
-        current = payout
-        while delivery.redelivered and current.status is PayoutStatus.SENDING:
-            if self._lease_expired(current):
-                log.warning(
-                    "payout %s: resending with the same OriginatorConversationID after an interrupted send",
-                    current.payout_id,
-                )
-                return self._claim(current)
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-            fresh = self._ledger.get(current.payout_id)
-            if fresh is None:
-                break
-            current = fresh
-        return _Claim(current, claimed=False)
-
-    def _lease_expired(self, payout: Payout) -> bool:
-        age = (datetime.now(UTC) - payout.updated_at).total_seconds()
-        return age > self.send_lease_seconds
+        return self._send(claimed, delivery)
 
     def _send(self, payout: Payout, delivery: Delivery) -> Disposition:
         command = payout.command

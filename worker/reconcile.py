@@ -28,6 +28,7 @@ from typing import Protocol
 
 from worker import metrics
 from worker.consumer import EventRelay, PaymentGateway
+from worker.consumer import send_lease_seconds as send_lease
 from worker.errors import B2CError
 from worker.gateway import NOT_SENT_REASONS, GatewayAnswer
 from worker.ledger import FlagReason, Ledger, LookupAction, LookupTask
@@ -81,15 +82,15 @@ class Reconciler:
         relay: EventRelay,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        send_lease_seconds: float | None = None,
     ) -> None:
         self._settings = settings.reconcile
         self._ledger = ledger
         self._gateway = gateway
         self._relay = relay
         self._clock = clock
-        mpesa = settings.mpesa
-        # A resend of ours still ``sending`` after this cannot be running any more (same as the consumer's).
-        self.stuck_after = mpesa.connect_timeout + mpesa.read_timeout + mpesa.retry_max_seconds + 5.0
+        # A payout still ``sending`` after the lease of the consumer's sends has no send running any more.
+        self.stuck_after = send_lease_seconds if send_lease_seconds is not None else send_lease(settings.mpesa)
 
     @property
     def tick_seconds(self) -> float:

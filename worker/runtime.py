@@ -103,7 +103,9 @@ class WorkerService:
         self.processor = PayoutProcessor(
             settings, self.ledger, self.gateway, self.relay, flow=self.flow, deferrer=self.deferrer
         )
-        self.reconciler = Reconciler(settings, self.ledger, self.gateway, self.relay)
+        self.reconciler = Reconciler(
+            settings, self.ledger, self.gateway, self.relay, send_lease_seconds=self.processor.send_lease_seconds
+        )
         self.consumer = amqp.ThreadedConsumer(
             settings.amqp.url,
             settings.amqp.command_queue,

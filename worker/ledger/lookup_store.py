@@ -61,7 +61,7 @@ _DUE_SQL = (
     " (status IN (?, ?) AND next_lookup_at IS NOT NULL)"
     " OR (status = ? AND updated_at <= ?)"
     " OR (status = ? AND accepted_at <= ?)"
-    " OR (status = ? AND lookup_attempts > 0 AND updated_at <= ?)"
+    " OR (status = ? AND updated_at <= ?)"
     ") ORDER BY COALESCE(next_lookup_at, updated_at), payout_id LIMIT ?"
 )
 
@@ -96,8 +96,8 @@ class LookupStore:
 
         Due: any payout with a lookup scheduled for now or earlier (after an earlier lookup, a queue timeout,
         a duplicate answer, a held success); ``unknown`` for ``unknown_after`` seconds; ``accepted`` for
-        ``result_timeout`` seconds without a result; ``sending`` for ``stuck_after`` seconds after a resend
-        of ours (a reconciler that died mid-resend; no queue message will ever finish it). Flagged payouts
+        ``result_timeout`` seconds without a result; ``sending`` for ``stuck_after`` seconds (its sender, a
+        worker or a reconciler, died mid-send: its fate is unknown and no queue message will finish it). Flagged payouts
         are never due. Claiming moves ``next_lookup_at`` past the lease, so concurrent reconcilers (several
         workers on one PostgreSQL ledger; ``SKIP LOCKED``) do not pick the same payout.
         """
@@ -215,7 +215,8 @@ class LookupStore:
         held: bool = False,
     ) -> Payout:
         """A resend of ours was not accepted (not processed, refused, or no answer): ``sending`` back to
-        ``unknown`` with its earlier reason and no new event (the payer already has ``payout.unknown``).
+        ``unknown`` with its earlier reason; a new event only if the payer has not had ``payout.unknown`` yet
+        (the first send was a worker's, interrupted).
         Refused or not, the first send's fate is still unknown, so nothing here is ever final.
 
         ``not_processed`` (M-PESA certainly did not process it: busy, throttled, not sent): the resend stays
@@ -224,10 +225,13 @@ class LookupStore:
             payout = work.lock_payout(payout_id)
             if payout.status is not PayoutStatus.SENDING:
                 return payout
-            reason = payout.reason if payout.reason in set(UnknownReason) else UnknownReason.NO_RESPONSE.value
+            announced = payout.reason in set(UnknownReason)
+            reason = payout.reason if announced else UnknownReason.NO_RESPONSE.value
             payout = work.change(
                 payout, PayoutStatus.UNKNOWN, reason=reason, response_code=code, response_desc=description
             )
+            if not announced:  # an interrupted first send of a worker's: the payer has not heard "unknown" yet
+                work.emit_status(payout, message="the send was interrupted and the resend was not taken")
             if not_processed or held:
                 self._set_resend_due(work, payout_id)
             if held:
@@ -248,12 +252,14 @@ class LookupStore:
             return changed > 0
 
     def rearm_lookup(self, payout_id: str) -> LookupState:
-        """An operator's fresh start: unflag, reset the attempt count and time budget, look up now."""
+        """An operator's fresh start: unflag, reset the attempt count and time budget, look up now. A resend
+        due from an earlier "no record" answer is cleared: that answer may be old, so a query comes first."""
         with self._write() as work:
             self._lock_row(work, payout_id)
             work.session.run(
-                "UPDATE payouts SET flagged_at = NULL, flag_reason = NULL, lookup_attempts = 0,"
+                "UPDATE payouts SET flagged_at = NULL, flag_reason = NULL, lookup_attempts = 0, resend_due = ?,"
                 " lookup_started_at = NULL, next_lookup_at = ?, lookup_trigger = ? WHERE payout_id = ?",
+                False,
                 work.session.time(work.now),
                 str(LookupTrigger.MANUAL),
                 payout_id,
