@@ -20,7 +20,7 @@ from worker.errors import B2CError, LedgerError, ProtocolError
 from worker.ledger import ApplyOutcome, Ledger, ResultApplied
 from worker.protocol.codes import RESULT_CODES
 from worker.protocol.response import build_response_envelope
-from worker.protocol.result import Result, parse_queue_timeout, parse_result_envelope
+from worker.protocol.result import Result, build_queue_timeout_response, parse_queue_timeout, parse_result_envelope
 from worker.receiver_guard import ReceiverGuard
 from worker.relay import OutboxRelay
 from worker.settings import Settings
@@ -31,6 +31,9 @@ StartResponse = Callable[..., Any]
 
 _SUCCESS = build_response_envelope("00000000", "success")
 _INTERNAL_ERROR = build_response_envelope("200000003", "Internal Server Error")
+# notifyQueueTimeout is answered in its own shape (QueueTimeoutNotification WSDL, the v1.5 example).
+_TIMEOUT_SUCCESS = build_queue_timeout_response()
+_TIMEOUT_INTERNAL_ERROR = build_queue_timeout_response("200000003", "Internal Server Error")
 
 
 class CallbackReceiver:
@@ -157,10 +160,10 @@ class CallbackReceiver:
             log.exception(
                 "could not store the queue timeout for %s; answering an error", notice.originator_conversation_id
             )
-            return _xml(start_response, "500 Internal Server Error", _INTERNAL_ERROR)
+            return _xml(start_response, "500 Internal Server Error", _TIMEOUT_INTERNAL_ERROR)
         if stored.payout is not None:
             self._relay_events(stored.payout.payout_id)
-        return _xml(start_response, "200 OK", _SUCCESS)
+        return _xml(start_response, "200 OK", _TIMEOUT_SUCCESS)
 
     def _health(self, start_response: StartResponse) -> Iterable[bytes]:
         try:

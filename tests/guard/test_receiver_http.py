@@ -8,7 +8,10 @@ import requests
 from prometheus_client import REGISTRY
 
 from tests.guard.conftest import TOKEN, XML, Receiver, count
-from worker.protocol.result import build_result_envelope
+from worker.protocol.request import SOAP_ENV_NS
+from worker.protocol.result import RESULT_NS, TIMEOUT_NS, build_result_envelope
+from worker.protocol.xml import parse_untrusted
+from worker.simulator.templates import queue_timeout_envelope
 
 UNKNOWN = build_result_envelope(
     code="0",
@@ -92,3 +95,18 @@ def test_forwarded_for_is_believed_only_from_a_trusted_proxy(receiver_factory: C
     assert status("not-an-address") == 403
     assert status(None) == 403, "the proxy itself is not an allowed source"
     assert count(receiver.settings.ledger, "results") == 3
+
+
+def test_a_queue_timeout_is_answered_in_the_notify_queue_timeout_shape(
+    receiver_factory: Callable[..., Receiver],
+) -> None:
+    receiver = receiver_factory()
+    notice = queue_timeout_envelope("600000_mpesab2c_nobodyknowsthisone", b"<request/>")
+    answer = receiver.post(receiver.service.app.queue_timeout_path, notice)
+    assert answer.status_code == 200
+    result = parse_untrusted(answer.content).find(
+        f"{{{SOAP_ENV_NS}}}Body/{{{TIMEOUT_NS}}}notifyQueueTimeoutResponse/{{{TIMEOUT_NS}}}result"
+    )
+    assert result is not None, answer.text
+    assert result.findtext(f"{{{RESULT_NS}}}ResultCode") == "00000000"
+    assert count(receiver.settings.ledger, "queue_timeouts") == 1
