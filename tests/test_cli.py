@@ -78,3 +78,17 @@ def test_without_demo_defaults_a_role_names_what_is_missing_and_exits(role: str,
     assert done.returncode == 2
     assert "B2C_MPESA_URL" in done.stderr and "B2C_SP_PASSWORD" in done.stderr and "B2C_DATABASE_URL" in done.stderr
     assert "B2C_SHORTCODE" not in done.stderr
+
+
+def test_a_database_password_quoted_by_the_driver_is_not_printed(env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "breaker", "status"],
+        env={**env, "B2C_DATABASE_URL": "postgresql://payer:s3cr%zzet@127.0.0.1:5432/nodb"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "postgresql ledger" in done.stderr
+    assert "s3cr" not in done.stderr + done.stdout

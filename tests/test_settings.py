@@ -135,3 +135,21 @@ def test_without_demo_defaults_the_given_values_are_used() -> None:
     assert settings.mpesa.shortcode == "654321"
     assert settings.ledger.database_url == PRODUCTION_LIKE["B2C_DATABASE_URL"]
     assert settings.receiver.callback_token.reveal() != DEMO_CALLBACK_TOKEN
+
+
+def test_secret_values_cover_credentials_token_and_url_passwords() -> None:
+    settings = load_settings(
+        {
+            **PRODUCTION_LIKE,
+            "B2C_AMQP_URL": "amqps://payouts:amqp%40pw@broker/payouts",
+            "B2C_DATABASE_URL": "postgresql://payouts:db-pw@pg/payouts",
+        }
+    )
+    assert set(settings.secret_values()) == {
+        "sp-password",
+        "initiator-password",
+        PRODUCTION_LIKE["B2C_CALLBACK_TOKEN"],
+        "amqp%40pw",
+        "amqp@pw",
+        "db-pw",
+    }

@@ -17,7 +17,7 @@ from worker.breaker_cli import add_breaker_parser
 from worker.dead import add_dead_parser
 from worker.demo import run_demo
 from worker.errors import B2CError, BrokerUnavailable, ConfigError
-from worker.logs import setup_logging
+from worker.logs import scrub, setup_logging
 from worker.runtime import ReceiverService, WorkerService
 from worker.settings import Settings, load_settings
 from worker.simulator import serve
@@ -162,21 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mpesa-b2c: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(
-        settings.log_level,
-        secrets=[
-            settings.mpesa.sp_password.reveal(),
-            settings.mpesa.initiator_password.reveal(),
-            settings.receiver.callback_token.reveal(),
-        ],
-    )
+    setup_logging(settings.log_level, secrets=settings.secret_values())
     try:
         return int(args.func(settings, args))
     except BrokerUnavailable as exc:
-        print(f"mpesa-b2c: {exc}", file=sys.stderr)
+        print(f"mpesa-b2c: {scrub(str(exc))}", file=sys.stderr)
         return EXIT_BROKER
     except B2CError as exc:
-        print(f"mpesa-b2c: {exc}", file=sys.stderr)
+        # Driver messages can quote a URL's password; the scrubber knows it (secret_values).
+        print(f"mpesa-b2c: {scrub(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -12,16 +12,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, timedelta, timezone, tzinfo
 from decimal import Decimal
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from worker.errors import ConfigError
 
 T = TypeVar("T")
 
+NAIROBI = timezone(timedelta(hours=3), "EAT")  # Kenya keeps no daylight saving time
 HEADER_NS_OSG = "http://www.huawei.com/schema/osg/common/v2_1"
 HEADER_NS_XSD = "http://www.huawei.com.cn/schema/common/v2_1"
 # Demo default only: a deployment sets its own unguessable B2C_CALLBACK_TOKEN (the receiver warns otherwise).
@@ -175,6 +177,20 @@ class Settings:
     concurrency: int
     log_level: str
     outbox_interval: float = field(default=1.0)
+
+    def secret_values(self) -> list[str]:
+        """Every value a log line or an error message must never show: the credentials, the callback token and
+        the broker's and database's passwords (as written in the URL and decoded; drivers quote either)."""
+        values = [
+            self.mpesa.sp_password.reveal(),
+            self.mpesa.initiator_password.reveal(),
+            self.receiver.callback_token.reveal(),
+        ]
+        for url in (self.amqp.url, self.ledger.database_url):
+            password = urlsplit(url).password if url else None
+            if password:
+                values += [password, unquote(password)]
+        return values
 
 
 def redact_url(url: str) -> str:
