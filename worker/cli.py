@@ -42,7 +42,7 @@ def _on_signals(action: threading.Event | None, stop: object) -> None:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     service = WorkerService(settings, metrics_host=args.host, metrics_port=args.metrics_port)
-    _on_signals(None, service.consumer.stop)
+    _on_signals(None, service.stop)
     service.run()
     return 0
 

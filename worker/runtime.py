@@ -115,6 +115,8 @@ class WorkerService:
             on_connected=lambda channel: amqp.declare_topology(channel, settings.amqp),
             dead_queue=settings.amqp.dead_queue,
             name="mpesa-b2c-worker",
+            # On SIGTERM, wait as long as one send can take before giving up on the payouts in flight.
+            drain_timeout=self.processor.send_lease_seconds,
         )
         self._background = _Background()
         self._server: RunningServer | None = None
