@@ -51,7 +51,7 @@ from urllib.parse import urlsplit
 
 from worker import metrics
 from worker.errors import B2CError
-from worker.flowstore import BreakerRow, FlowStore
+from worker.flowstore import BreakerRow, FlowStore, already_open_for
 from worker.gateway import NOT_SENT_REASONS
 from worker.protocol.codes import (
     ResponseOutcome,
@@ -261,8 +261,7 @@ class CircuitBreaker:
         """The request passed the gate but will not be sent after all: free what it held."""
         if self._canary == originator_conversation_id:
             self._release_canary()
-        row = self._row
-        if row.probe_id == originator_conversation_id:
+        if self._probe == originator_conversation_id:  # not self._row: it predates take_probe
             self._store.end_probe(self.key, originator_conversation_id, failed=False, next_in=0.0)
 
     # ------------------------------------------------------------------------------- after a send
@@ -399,6 +398,8 @@ class CircuitBreaker:
                 continue
             if closed_at is None:
                 closed_at = self._read().closed_at  # fresh: another process may have closed it just now
+            if already_open_for(self._row, condition):
+                continue  # the rescanned window keeps showing the result that opened it: no write each scan
             if result.sent_at > closed_at:
                 self._open(condition, result.code, f"result {result.code} for {result.originator_conversation_id}")
 

@@ -29,6 +29,11 @@ OPEN = "open"
 CLOSED = "closed"
 # Which condition wins when several hold at once: the one that needs the most from the operator.
 _RANK = {"unreachable": 1, "funds": 2, "config": 3, "credential": 4}
+
+
+def already_open_for(row: BreakerRow, reason: str) -> bool:
+    """True when opening for ``reason`` would change nothing: open for it or for a graver one."""
+    return row.open and _RANK.get(reason, 0) <= _RANK.get(row.reason or "", 0)
 # Results that matched nothing, or not what was sent, prove nothing about the account (a forged callback):
 # those dispositions are left out.
 _RESULTS_AFTER = (
@@ -289,7 +294,7 @@ class FlowStore:
         with self._db.transaction() as session:
             now = self._now(session)
             row = self._load(self._breaker_row(session, key, lock=True), now)
-            if row.open and _RANK.get(reason, 0) <= _RANK.get(row.reason or "", 0):
+            if already_open_for(row, reason):
                 return None
             columns: dict[str, Any] = {
                 "state": OPEN,
