@@ -58,6 +58,8 @@ class _Background:
                     job()
                 except B2CError as exc:
                     log.warning("%s: %s", name, exc)
+                except Exception:  # a background job must outlive a bug or a broker hiccup; it runs again
+                    log.exception("%s failed; trying again in %.0f s", name, seconds)
 
         thread = threading.Thread(target=loop, name=name, daemon=True)
         thread.start()
@@ -73,9 +75,8 @@ def _ledger_gauges(ledger: Ledger) -> None:
     counts = ledger.count_by_status()
     for status in PayoutStatus:
         metrics.PAYOUTS_BY_STATUS.labels(status=status.value).set(counts.get(status.value, 0))
-    unknown = ledger.list_payouts(status=PayoutStatus.UNKNOWN, limit=1000)
-    oldest = min((p.updated_at for p in unknown), default=None)
-    age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
+    oldest = ledger.list_payouts(status=PayoutStatus.UNKNOWN, limit=1)  # ordered by updated_at
+    age = (datetime.now(UTC) - oldest[0].updated_at).total_seconds() if oldest else 0.0
     metrics.UNKNOWN_OLDEST_SECONDS.set(age)
     metrics.OUTBOX_BACKLOG.set(ledger.outbox_backlog())
 
