@@ -63,6 +63,15 @@ def test_a_configured_key_is_used_and_an_existing_certificate_kept(tmp_path: Pat
     assert settings.mpesa.cert_path.read_bytes() == b"operator's certificate"
 
 
+def test_without_a_key_someone_elses_certificate_is_never_overwritten(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, None)
+    settings.mpesa.cert_path.parent.mkdir(parents=True)
+    settings.mpesa.cert_path.write_bytes(b"M-PESA's production certificate")
+    with pytest.raises(ConfigError, match="B2C_CERT_PATH"):
+        start_simulator(settings, options=SimulatorOptions(**FAST))
+    assert settings.mpesa.cert_path.read_bytes() == b"M-PESA's production certificate"
+
+
 def test_the_written_certificate_matches_the_configured_key(tmp_path: Path, key_file: Path) -> None:
     settings = make_settings(tmp_path, key_file)
     start_simulator(settings, options=SimulatorOptions(**FAST)).stop()

@@ -33,13 +33,16 @@ def load_private_key(path: Path) -> rsa.RSAPrivateKey:
     return key
 
 
+SIMULATOR_CN = "apicrypt.simulator.invalid"
+
+
 def self_signed_certificate(key: rsa.RSAPrivateKey) -> bytes:
     """A PEM certificate shaped like Safaricom's apicrypt one, for the worker to encrypt with."""
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.COUNTRY_NAME, "KE"),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "M-PESA G2 simulator"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "apicrypt.simulator.invalid"),
+            x509.NameAttribute(NameOID.COMMON_NAME, SIMULATOR_CN),
         ]
     )
     now = datetime.now(UTC)
@@ -54,6 +57,17 @@ def self_signed_certificate(key: rsa.RSAPrivateKey) -> bytes:
         .sign(key, hashes.SHA256())
     )
     return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _is_simulator_certificate(path: Path) -> bool:
+    data = path.read_bytes()
+    load = x509.load_pem_x509_certificate if b"-----BEGIN" in data else x509.load_der_x509_certificate
+    try:
+        certificate = load(data)
+    except ValueError:
+        return False
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return [n.value for n in names] == [SIMULATOR_CN]
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -78,6 +92,13 @@ def prepare_key(settings: Settings) -> rsa.RSAPrivateKey:
             _write_atomically(cert_path, self_signed_certificate(key))
             log.info("wrote the certificate for the configured simulator key to %s", cert_path)
         return key
+    if cert_path.exists() and not _is_simulator_certificate(cert_path):
+        # Started with a real deployment's settings: never replace M-PESA's certificate with our own.
+        raise ConfigError(
+            "B2C_CERT_PATH",
+            f"{cert_path} holds a certificate that is not the simulator's; give the simulator its own"
+            " B2C_CERT_PATH or a key (B2C_SIM_PRIVATE_KEY) instead of overwriting it",
+        )
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_atomically(cert_path, self_signed_certificate(key))
     log.info("generated a simulator key pair; certificate written to %s", cert_path)
