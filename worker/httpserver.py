@@ -49,7 +49,7 @@ class RunningServer:
         from under its select()); the loop ends once its map is empty, open keep-alive connections included."""
         server = self._server
         if self._thread.is_alive():
-            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map, ignore_all=True))
             self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("the %s server thread did not stop within %.0f s", self._thread.name, timeout)
