@@ -51,6 +51,7 @@ def test_defaults_make_a_working_local_setup() -> None:
         ("B2C_SHORTCODE", "12ab", "5-7 digit"),
         ("B2C_ORG_NAME", "acme org", "letters and digits"),
         ("B2C_HEADER_NAMESPACE", "other", "neither"),
+        ("B2C_HEADER_TIMEZONE", "EAT", "neither"),
         ("B2C_AMOUNT_MIN", "ten", "decimal"),
         ("B2C_AMOUNT_MAX", "-1", "non-negative"),
         ("B2C_CONCURRENCY", "0", "at least 1"),

@@ -479,7 +479,7 @@ class Gateway:
     def _post(self, command: str, build: Callable[[str], bytes]) -> _Attempt:
         now = self._clock()
         document = build(transaction_timestamp(now))
-        header = self._header(header_timestamp(now))
+        header = self._header(header_timestamp(now, self._mpesa.header_timezone))
         started = time.monotonic()
         try:
             http = self._service[_OPERATION](document.decode("utf-8"), _soapheaders=[header])

@@ -86,6 +86,7 @@ class MpesaSettings:
     queue_timeout_url: str
     header_namespace: str
     password_uppercase: bool
+    header_timezone: tzinfo
     tls_client_cert: Path | None
     tls_client_key: Path | None
     tls_ca_bundle: Path | None
@@ -308,6 +309,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if namespace_choice not in namespaces:
         raise ConfigError("B2C_HEADER_NAMESPACE", f"{namespace_choice!r} is neither 'osg' nor 'xsd'")
 
+    # PROTOCOL §2: the XSD says UTC, many integrators sent Nairobi time; which the gateway checks is unconfirmed.
+    zone_choice = env.text("B2C_HEADER_TIMEZONE", "utc")
+    header_zones: dict[str, tzinfo] = {"utc": UTC, "nairobi": NAIROBI}
+    if zone_choice not in header_zones:
+        raise ConfigError("B2C_HEADER_TIMEZONE", f"{zone_choice!r} is neither 'utc' nor 'nairobi'")
+
     amount_min = env.decimal("B2C_AMOUNT_MIN", "10")
     amount_max = env.decimal("B2C_AMOUNT_MAX", "250000")
     if amount_min > amount_max:
@@ -334,6 +341,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         header_namespace=namespaces[namespace_choice],
         password_uppercase=env.boolean("B2C_SP_PASSWORD_UPPERCASE", True),
+        header_timezone=header_zones[zone_choice],
         tls_client_cert=tls_cert,
         tls_client_key=tls_key,
         tls_ca_bundle=env.path("B2C_TLS_CA_BUNDLE", None, must_exist=True),

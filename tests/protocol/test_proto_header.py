@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.errors import ProtocolError
+from worker.settings import load_settings
 from worker.protocol.header import (
     header_timestamp,
     parse_transaction_timestamp,
@@ -72,6 +73,14 @@ def test_verify_accepts_either_case_and_nothing_else() -> None:
 def test_header_timestamp_is_utc_compact() -> None:
     assert header_timestamp(datetime(2024, 1, 31, 13, 30, 0, tzinfo=NAIROBI)) == "20240131103000"
     assert header_timestamp(datetime(2024, 1, 31, 10, 30, 0, tzinfo=UTC)) == "20240131103000"
+
+
+def test_header_timestamp_in_nairobi_time_when_configured() -> None:
+    moment = datetime(2024, 1, 31, 22, 30, 0, tzinfo=UTC)
+    assert header_timestamp(moment, load_settings({"B2C_HEADER_TIMEZONE": "nairobi"}).mpesa.header_timezone) == (
+        "20240201013000"
+    )
+    assert header_timestamp(moment, load_settings({}).mpesa.header_timezone) == "20240131223000"
 
 
 def test_timestamps_refuse_naive_datetimes() -> None:

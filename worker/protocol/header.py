@@ -10,7 +10,7 @@ import base64
 import hashlib
 import hmac
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 from worker.errors import ProtocolError
 
@@ -47,10 +47,10 @@ def _as_utc(now: datetime) -> datetime:
     return now.astimezone(UTC)
 
 
-def header_timestamp(now: datetime) -> str:
-    """``yyyyMMddHHmmss`` in UTC, as the header XSD documents."""
-    utc = _as_utc(now)
-    return f"{utc.year:04d}{utc:%m%d%H%M%S}"
+def header_timestamp(now: datetime, zone: tzinfo = UTC) -> str:
+    """``yyyyMMddHHmmss``, in UTC as the header XSD documents unless told otherwise (B2C_HEADER_TIMEZONE)."""
+    local = _as_utc(now).astimezone(zone)
+    return f"{local.year:04d}{local:%m%d%H%M%S}"
 
 
 def transaction_timestamp(now: datetime) -> str:
