@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.errors import ProtocolError
-from worker.settings import load_settings
 from worker.protocol.header import (
     header_timestamp,
     parse_transaction_timestamp,
@@ -19,6 +18,7 @@ from worker.protocol.header import (
     transaction_timestamp,
     verify_sp_password,
 )
+from worker.settings import load_settings
 
 NAIROBI = timezone(timedelta(hours=3))
 
