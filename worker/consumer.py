@@ -2,16 +2,20 @@
 
 Money safety rests on three rules this module keeps:
 - the payout is in the ledger, and marked ``sending``, before the gateway is called;
-- only a ``received`` payout is sent from here: one already ``sending`` (its worker died mid-send) has an
-  unknown fate, so it is left to the reconciler, which looks it up before resending it with the same
-  OriginatorConversationID;
+- every (re)send of a payout uses the OriginatorConversationID stored with it, so M-PESA refuses a second
+  payment (result 15) even when we resend after a crash;
+- what an interrupted send did is unknown: a resend of it that M-PESA does not take leaves the payout
+  ``unknown`` for the reconciler, never ``rejected`` or back in the queue as if nothing had been sent;
 - the delivery is acked only after the ledger transition's events were confirmed by the broker.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
 
@@ -61,6 +65,13 @@ def send_lease_seconds(mpesa: MpesaSettings, flow_wait: float = 0.0) -> float:
     return flow_wait + mpesa.connect_timeout + mpesa.read_timeout + mpesa.retry_max_seconds + 5.0
 
 
+@dataclass(frozen=True)
+class _Claim:
+    payout: Payout
+    claimed: bool
+    resend: bool = False  # of an interrupted send, whose fate is unknown
+
+
 class PayoutProcessor:
     """Handles one command delivery; safe to call from many threads at once."""
 
@@ -102,24 +113,51 @@ class PayoutProcessor:
             held = self._flow.admit()
             if held is not None:  # the circuit breaker is open: not even claimed, back to the queue
                 return self._deferrer.carry_out(delivery, Hold(held))
-        claimed = (
-            self._ledger.claim_send(payout.payout_id, expected_attempts=payout.send_attempts)
-            if payout.status is PayoutStatus.RECEIVED
-            else None
-        )
-        if claimed is None and delivery.redelivered and payout.status is PayoutStatus.SENDING:
-            # Ours again after a connection or worker was lost mid-send: not a duplicate from the payer. The
-            # send may still be running; if its worker died, the reconciler looks it up once the lease ends.
-            log.info("payout %s: redelivered while sending; left to its sender or the reconciler", payout.payout_id)
-            return self._publish_then_ack(payout.payout_id)
-        if claimed is None:
-            # Already past ``received`` (sent, being sent, final), or a concurrent delivery claimed it first.
+        claim = self._claim(payout) if recorded.outcome is RecordOutcome.NEW else self._resume(payout, delivery)
+        if not claim.claimed:
+            # Already sent or final, or a concurrent delivery took it between record and claim (it owns the send).
             metrics.COMMANDS_DUPLICATE.inc()
             self._ledger.note_duplicate(payout.payout_id)
             return self._publish_then_ack(payout.payout_id)
-        return self._send(claimed, delivery)
+        return self._send(claim.payout, delivery, resend=claim.resend)
 
-    def _send(self, payout: Payout, delivery: Delivery) -> Disposition:
+    def _claim(self, payout: Payout) -> _Claim:
+        after = self._ledger.claim_send(payout.payout_id, expected_attempts=payout.send_attempts)
+        return _Claim(payout, claimed=False) if after is None else _Claim(after, claimed=True)
+
+    def _resume(self, payout: Payout, delivery: Delivery) -> _Claim:
+        """A command we already recorded: finish it if its earlier handling died, else answer as duplicate."""
+        if payout.status is PayoutStatus.RECEIVED:
+            return self._claim(payout)
+        if payout.status is not PayoutStatus.SENDING:
+            return _Claim(payout, claimed=False)
+        # ``sending``: either another thread/process is sending right now, or one died mid-send. Only a
+        # redelivery can be the orphan of a dead worker; wait (bounded) until the send lease runs out. Its
+        # resend passes the circuit breaker like every request (the gateway's flow observer).
+        deadline = time.monotonic() + self.send_lease_seconds
+        current = payout
+        while delivery.redelivered and current.status is PayoutStatus.SENDING:
+            if self._lease_expired(current):
+                log.warning(
+                    "payout %s: resending with the same OriginatorConversationID after an interrupted send",
+                    current.payout_id,
+                )
+                claim = self._claim(current)
+                return _Claim(claim.payout, claim.claimed, resend=True)
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+            fresh = self._ledger.get(current.payout_id)
+            if fresh is None:
+                break
+            current = fresh
+        return _Claim(current, claimed=False)
+
+    def _lease_expired(self, payout: Payout) -> bool:
+        age = (datetime.now(UTC) - payout.updated_at).total_seconds()
+        return age > self.send_lease_seconds
+
+    def _send(self, payout: Payout, delivery: Delivery, *, resend: bool = False) -> Disposition:
         command = payout.command
         reference = {"Occasion": command.occasion} if command.occasion else {}
         log.info(
@@ -140,6 +178,8 @@ class PayoutProcessor:
                 reference=reference,
             )
         except ProtocolError as exc:
+            if resend:  # the interrupted send was built from the same command: its fate is still open
+                return self._resend_not_taken(payout, None, None, f"the resend could not be built: {exc}")
             # The request could not even be built, so nothing was sent: a command M-PESA cannot take.
             metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.INVALID_COMMAND.value).inc()
             self._ledger.mark_rejected(
@@ -153,6 +193,8 @@ class PayoutProcessor:
         response = answer.response
         code = response.code if response else None
         description = response.description if response else answer.detail
+        if resend and answer.outcome in (ResponseOutcome.REJECTED, ResponseOutcome.RETRY_LATER):
+            return self._resend_not_taken(payout, answer, code, description)
         if answer.outcome is ResponseOutcome.ACCEPTED:
             assert response is not None
             self._ledger.mark_accepted(
@@ -182,6 +224,30 @@ class PayoutProcessor:
             self._ledger.mark_unknown(payout.payout_id, reason=reason.value, code=code, description=description)
         else:
             return self._not_processed(payout, delivery, answer, code, description)
+        return self._publish_then_ack(payout.payout_id)
+
+    def _resend_not_taken(
+        self, payout: Payout, answer: GatewayAnswer | None, code: str | None, description: str | None
+    ) -> Disposition:
+        """M-PESA did not take the resend of an interrupted send (refused, busy, or held back here).
+
+        That says nothing about the first send, which may have been paid: the payout becomes ``unknown`` and
+        the reconciler looks it up (or resends again, same id, when M-PESA has no record of it). Never
+        ``rejected``, and never back in the queue as if nothing had been sent.
+        """
+        log.warning(
+            "payout %s: the resend after an interrupted send was not taken (%s); unknown until looked up",
+            payout.payout_id,
+            code or description,
+        )
+        retry_later = answer is not None and answer.outcome is ResponseOutcome.RETRY_LATER
+        self._ledger.resend_not_taken(
+            payout.payout_id,
+            code=code,
+            description=description,
+            not_processed=retry_later,
+            held=answer is not None and answer.held,
+        )
         return self._publish_then_ack(payout.payout_id)
 
     def _not_processed(

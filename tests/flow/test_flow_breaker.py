@@ -173,10 +173,12 @@ def test_an_orphaned_send_redelivered_while_the_breaker_is_open_sends_nothing_th
 ) -> None:
     """A worker died after marking a payout ``sending``; its command comes back while the circuit is open.
 
-    The redelivery never resends it (what the dead worker's send did is unknown): the reconciler looks it up
-    once the send lease is over and the breaker lets it, finds no record, and resends it with its original id.
+    The resend goes through the same gate as every request: nothing reaches the gateway while the breaker is
+    open. Being held says nothing about what the dead worker's send did, so the payout becomes ``unknown``
+    (never ``received`` or ``rejected``), and once the breaker closes the reconciler pays it once, under its
+    original id.
     """
-    h = harness_factory(SimulatorOptions(result_delay=0.05), **{**FAST, "B2C_RESOLVE_INTERVAL_SECONDS": "0.5"})
+    h = harness_factory(SimulatorOptions(result_delay=0.05), **{**FAST, "B2C_RESOLVE_AFTER_SECONDS": "0.5"})
     assert h.stack.worker is not None
     worker, settings = h.stack.worker, h.settings
     body = json.dumps(command("orphan", 1)).encode()
@@ -191,20 +193,46 @@ def test_an_orphaned_send_redelivered_while_the_breaker_is_open_sends_nothing_th
             settings.mpesa.shortcode, reason="credential", code="18", detail="test", by="test", next_probe_at=None
         )
         assert opened is not None and opened.open
-        worker.processor.send_lease_seconds = worker.reconciler.stuck_after = 0.0  # the dead worker's lease ran out
+        worker.processor.send_lease_seconds = 0.0  # the dead worker's send lease has run out
         redelivered = Delivery(
             body=body, headers={}, redelivered=True, delivery_count=1, message_id=None, routing_key=""
         )
         assert isinstance(worker.processor.handle(redelivered), Ack)
-        time.sleep(1.0)  # several reconciler passes, all held back by the open breaker
         assert h.payments() == [], "a request was sent while the breaker was open"
         payout = worker.ledger.get(parsed.payout_id)
         assert payout is not None and payout.originator_conversation_id == ocid
-        assert payout.status is PayoutStatus.SENDING, "an interrupted send must not be resent or finalised blind"
-        assert h.events.snapshot() == [], "nothing failed, nothing was rejected"
+        assert payout.status is PayoutStatus.UNKNOWN, "a held resend of an interrupted send is not 'not sent'"
+        assert not h.events.of("payout.failed") and not h.events.of("payout.rejected")
 
         assert store.close_breaker(settings.mpesa.shortcode, by="test") is not None
     finally:
         store.close()
     h.events.wait_for(lambda e: len(e.of("payout.completed")) == 1, 30, "the orphan paid once the breaker closed")
     assert h.paid_by_originator() == {ocid: 1}
+
+
+def test_a_busy_answer_to_the_resend_of_an_interrupted_send_leaves_it_unknown(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    """'Busy' says the resend was not processed, not that the dead worker's first send was not: the payout
+    becomes ``unknown`` (not ``received``, not a delivery-limit rejection) and the reconciler finishes it."""
+    h = harness_factory(SimulatorOptions(result_delay=0.05), **{**FAST, "B2C_RESOLVE_AFTER_SECONDS": "0.5"})
+    assert h.stack.worker is not None
+    worker, settings = h.stack.worker, h.settings
+    body = json.dumps(command("busy-orphan", 1)).encode()
+    parsed = parse_command(body, amount_min=settings.mpesa.amount_min, amount_max=settings.mpesa.amount_max)
+    ocid = originator_conversation_id(settings.mpesa.shortcode, settings.mpesa.org_name, parsed.payout_id)
+    worker.ledger.record(parsed, ocid, announce_duplicate=False)
+    assert worker.ledger.claim_send(parsed.payout_id, expected_attempts=0) is not None  # then the worker died
+
+    Sim(h).fault("throttled")  # the resend is answered 'throttled' / 'busy'
+    worker.processor.send_lease_seconds = 0.0
+    redelivered = Delivery(body=body, headers={}, redelivered=True, delivery_count=1, message_id=None, routing_key="")
+    assert isinstance(worker.processor.handle(redelivered), Ack)
+    payout = worker.ledger.get(parsed.payout_id)
+    assert payout is not None and payout.status is PayoutStatus.UNKNOWN
+    Sim(h).fault(None)
+
+    h.events.wait_for(lambda e: len(e.of("payout.completed")) == 1, 30, "the orphan paid by the reconciler")
+    assert h.paid_by_originator() == {ocid: 1}
+    assert not h.events.of("payout.failed") and not h.events.of("payout.rejected")

@@ -61,7 +61,7 @@ _DUE_SQL = (
     " (status IN (?, ?) AND next_lookup_at IS NOT NULL)"
     " OR (status = ? AND updated_at <= ?)"
     " OR (status = ? AND accepted_at <= ?)"
-    " OR (status = ? AND updated_at <= ?)"
+    " OR (status = ? AND lookup_attempts > 0 AND updated_at <= ?)"
     ") ORDER BY COALESCE(next_lookup_at, updated_at), payout_id LIMIT ?"
 )
 
@@ -96,8 +96,8 @@ class LookupStore:
 
         Due: any payout with a lookup scheduled for now or earlier (after an earlier lookup, a queue timeout,
         a duplicate answer, a held success); ``unknown`` for ``unknown_after`` seconds; ``accepted`` for
-        ``result_timeout`` seconds without a result; ``sending`` for ``stuck_after`` seconds (its sender, a
-        worker or a reconciler, died mid-send: its fate is unknown and no queue message will finish it). Flagged payouts
+        ``result_timeout`` seconds without a result; ``sending`` for ``stuck_after`` seconds after a resend
+        of ours (a reconciler that died mid-resend; no queue message will ever finish it). Flagged payouts
         are never due. Claiming moves ``next_lookup_at`` past the lease, so concurrent reconcilers (several
         workers on one PostgreSQL ledger; ``SKIP LOCKED``) do not pick the same payout.
         """
@@ -230,7 +230,7 @@ class LookupStore:
             payout = work.change(
                 payout, PayoutStatus.UNKNOWN, reason=reason, response_code=code, response_desc=description
             )
-            if not announced:  # an interrupted first send of a worker's: the payer has not heard "unknown" yet
+            if not announced:  # a worker's interrupted first send: the payer has not heard "unknown" yet
                 work.emit_status(payout, message="the send was interrupted and the resend was not taken")
             if not_processed or held:
                 self._set_resend_due(work, payout_id)

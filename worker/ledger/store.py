@@ -307,8 +307,7 @@ class SqlLedger(quarantine.QuarantineQueries, LookupStore, Generic[C]):
 
     def claim_send(self, payout_id: str, *, expected_attempts: int) -> Payout | None:
         """Like begin_send, but only for the caller whose snapshot is current: None means another delivery
-        claimed (or finished) the payout since ``expected_attempts`` was read, so this caller must not send.
-        (The consumer claims only payouts it read as ``received``: see worker.consumer.)"""
+        claimed (or finished) the payout since ``expected_attempts`` was read, so this caller must not send."""
         with self._write() as work:
             payout = work.lock_payout(payout_id)
             if payout.status not in _SENDABLE or payout.send_attempts != expected_attempts:
