@@ -473,7 +473,10 @@ class Gateway:
         result = self._post(command, build)
         if observer is not None:
             code = result.response.code if result.response is not None else None
-            observer.after_attempt(command, originator_conversation_id, result.outcome, result.reason, code)
+            try:
+                observer.after_attempt(command, originator_conversation_id, result.outcome, result.reason, code)
+            except Exception:  # M-PESA has answered: its answer must reach the ledger whatever the bookkeeping
+                log.exception("flow control could not record the answer for %s", originator_conversation_id)
         return result
 
     def _post(self, command: str, build: Callable[[str], bytes]) -> _Attempt:

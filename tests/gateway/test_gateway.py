@@ -186,6 +186,26 @@ def test_accepted(make_gateway: MakeGateway, fake_gateway: FakeGateway) -> None:
     assert metric("mpesa_b2c_gateway_calls_total", command="BusinessPayment", outcome="accepted") == calls + 1
 
 
+class _BrokenBookkeeping:
+    """An observer whose bookkeeping fails after M-PESA answered (e.g. its database is gone)."""
+
+    def before_attempt(self, command: str, originator_conversation_id: str) -> str | None:
+        return None
+
+    def after_attempt(self, *args: object) -> None:
+        raise RuntimeError("flow store unavailable")
+
+
+def test_an_observer_failing_after_the_answer_does_not_lose_it(
+    make_gateway: MakeGateway, fake_gateway: FakeGateway
+) -> None:
+    fake_gateway.script(respond("0", "Accept the service request successfully.", conversation_id="AG_1"))
+    gateway = make_gateway()
+    gateway.observer = _BrokenBookkeeping()
+    answer = pay(gateway)
+    assert answer.outcome is ResponseOutcome.ACCEPTED and answer.response.conversation_id == "AG_1"
+
+
 def test_cached_request_counts_as_accepted(make_gateway: MakeGateway, fake_gateway: FakeGateway) -> None:
     fake_gateway.script(respond("100000000", "Request was cached, waiting for resending"))
     answer = make_gateway().pay(
