@@ -120,12 +120,12 @@ class WorkerService:
             drain_timeout=self.processor.send_lease_seconds,
         )
         self._background = _Background()
-        self._server: RunningServer | None = None
-        if metrics_port is not None:
-            self._server = start_server(self._app, metrics_host, metrics_port, threads=2, name="mpesa-b2c-worker")
         self._metrics_app = make_wsgi_app()
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
+        self._server: RunningServer | None = None
+        if metrics_port is not None:  # last: a scrape may come at once
+            self._server = start_server(self._app, metrics_host, metrics_port, threads=2, name="mpesa-b2c-worker")
 
     @property
     def metrics_port(self) -> int | None:
