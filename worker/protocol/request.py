@@ -39,7 +39,7 @@ _KEY_OWNER_API_CALLER = "1"
 _CALLER_PASSWORD_PLACEHOLDER = "Password0"  # noqa: S105 - a placeholder, not a secret
 _CALLER_CHECKSUM_PLACEHOLDER = "CheckSum0"
 _QUEUE_TIMEOUT_KEY = "QueueTimeoutURL"
-_MSISDN_RE = re.compile(r"^254\d{9}$")
+_MSISDN_RE = re.compile(r"254[17][0-9]{8}")
 _CENT = Decimal("0.01")
 _MAX_ORIGINATOR_ID = 128
 _MAX_REMARK = 255
@@ -182,8 +182,8 @@ def build_payment_request(
     """
     if command_id not in PAYMENT_COMMANDS:
         raise ProtocolError(f"{command_id!r} is not a B2C payment CommandID")
-    if not _MSISDN_RE.match(msisdn):
-        raise ProtocolError("the receiver MSISDN must be 254 followed by 9 digits")
+    if not _MSISDN_RE.fullmatch(msisdn):
+        raise ProtocolError("the receiver MSISDN must be 2547 or 2541 followed by 8 digits")
     _check_common(originator_conversation_id, remark)
     return _document(
         command_id=command_id,
