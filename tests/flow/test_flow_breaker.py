@@ -168,6 +168,24 @@ def test_unreachable_gateway_opens_the_breaker_and_the_commands_wait_for_it(
         restarted.stop()
 
 
+def _worker(h: Harness) -> WorkerService:
+    assert h.stack.worker is not None
+    return h.stack.worker
+
+
+def _interrupted_send(h: Harness, run: str) -> tuple[str, str, Delivery]:
+    """A payout its worker marked ``sending`` before dying, its send lease over, and the command redelivered."""
+    worker, settings = _worker(h), h.settings
+    body = json.dumps(command(run, 1)).encode()
+    parsed = parse_command(body, amount_min=settings.mpesa.amount_min, amount_max=settings.mpesa.amount_max)
+    ocid = originator_conversation_id(settings.mpesa.shortcode, settings.mpesa.org_name, parsed.payout_id)
+    worker.ledger.record(parsed, ocid, announce_duplicate=False)
+    assert worker.ledger.claim_send(parsed.payout_id, expected_attempts=0) is not None  # then the worker died
+    worker.processor.send_lease_seconds = 0.0
+    redelivered = Delivery(body=body, headers={}, redelivered=True, delivery_count=1, message_id=None, routing_key="")
+    return parsed.payout_id, ocid, redelivered
+
+
 def test_an_orphaned_send_redelivered_while_the_breaker_is_open_sends_nothing_then_is_paid_once(
     harness_factory: Callable[..., Harness],
 ) -> None:
@@ -179,13 +197,8 @@ def test_an_orphaned_send_redelivered_while_the_breaker_is_open_sends_nothing_th
     original id.
     """
     h = harness_factory(SimulatorOptions(result_delay=0.05), **{**FAST, "B2C_RESOLVE_AFTER_SECONDS": "0.5"})
-    assert h.stack.worker is not None
-    worker, settings = h.stack.worker, h.settings
-    body = json.dumps(command("orphan", 1)).encode()
-    parsed = parse_command(body, amount_min=settings.mpesa.amount_min, amount_max=settings.mpesa.amount_max)
-    ocid = originator_conversation_id(settings.mpesa.shortcode, settings.mpesa.org_name, parsed.payout_id)
-    worker.ledger.record(parsed, ocid, announce_duplicate=False)
-    assert worker.ledger.claim_send(parsed.payout_id, expected_attempts=0) is not None  # then the worker died
+    worker, settings = _worker(h), h.settings
+    payout_id, ocid, redelivered = _interrupted_send(h, "orphan")
 
     store = FlowStore.open(settings.ledger)
     try:
@@ -193,13 +206,9 @@ def test_an_orphaned_send_redelivered_while_the_breaker_is_open_sends_nothing_th
             settings.mpesa.shortcode, reason="credential", code="18", detail="test", by="test", next_probe_at=None
         )
         assert opened is not None and opened.open
-        worker.processor.send_lease_seconds = 0.0  # the dead worker's send lease has run out
-        redelivered = Delivery(
-            body=body, headers={}, redelivered=True, delivery_count=1, message_id=None, routing_key=""
-        )
         assert isinstance(worker.processor.handle(redelivered), Ack)
         assert h.payments() == [], "a request was sent while the breaker was open"
-        payout = worker.ledger.get(parsed.payout_id)
+        payout = worker.ledger.get(payout_id)
         assert payout is not None and payout.originator_conversation_id == ocid
         assert payout.status is PayoutStatus.UNKNOWN, "a held resend of an interrupted send is not 'not sent'"
         assert not h.events.of("payout.failed") and not h.events.of("payout.rejected")
@@ -217,19 +226,12 @@ def test_a_busy_answer_to_the_resend_of_an_interrupted_send_leaves_it_unknown(
     """'Busy' says the resend was not processed, not that the dead worker's first send was not: the payout
     becomes ``unknown`` (not ``received``, not a delivery-limit rejection) and the reconciler finishes it."""
     h = harness_factory(SimulatorOptions(result_delay=0.05), **{**FAST, "B2C_RESOLVE_AFTER_SECONDS": "0.5"})
-    assert h.stack.worker is not None
-    worker, settings = h.stack.worker, h.settings
-    body = json.dumps(command("busy-orphan", 1)).encode()
-    parsed = parse_command(body, amount_min=settings.mpesa.amount_min, amount_max=settings.mpesa.amount_max)
-    ocid = originator_conversation_id(settings.mpesa.shortcode, settings.mpesa.org_name, parsed.payout_id)
-    worker.ledger.record(parsed, ocid, announce_duplicate=False)
-    assert worker.ledger.claim_send(parsed.payout_id, expected_attempts=0) is not None  # then the worker died
+    worker = _worker(h)
+    payout_id, ocid, redelivered = _interrupted_send(h, "busy-orphan")
 
     Sim(h).fault("throttled")  # the resend is answered 'throttled' / 'busy'
-    worker.processor.send_lease_seconds = 0.0
-    redelivered = Delivery(body=body, headers={}, redelivered=True, delivery_count=1, message_id=None, routing_key="")
     assert isinstance(worker.processor.handle(redelivered), Ack)
-    payout = worker.ledger.get(parsed.payout_id)
+    payout = worker.ledger.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.UNKNOWN
     Sim(h).fault(None)
 
