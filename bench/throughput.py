@@ -123,19 +123,12 @@ class _Events:
             raise BenchError("the event collector could not bind its queue")
 
     def _run(self, url: str, exchange: str) -> None:
-        connection = pika.BlockingConnection(pika.URLParameters(url))
-        channel = connection.channel()
-        queue = channel.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
-        channel.queue_bind(queue=queue, exchange=exchange, routing_key="payout.#")
-        self._ready.set()
-        for method, _, body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.05):
-            if self._stop.is_set():
-                break
-            if method is not None:
-                event = json.loads(body)
-                with self._lock:
-                    self._seen.append((time.monotonic(), str(method.routing_key), event))
-        connection.close()
+        amqp.follow_events(url, exchange, self._keep, on_ready=self._ready.set, stop=self._stop)
+
+    def _keep(self, routing_key: str, body: bytes) -> bool:
+        with self._lock:
+            self._seen.append((time.monotonic(), routing_key, json.loads(body)))
+        return not self._stop.is_set()
 
     def last(self, routing_key: str, ids: set[str]) -> tuple[int, float]:
         """How many of ``ids`` have a first (non-duplicate) ``routing_key`` event, and when the last arrived."""

@@ -827,10 +827,14 @@ def follow_events(
     *,
     binding: str = "payout.#",
     timeout: float | None = None,
+    on_ready: Callable[[], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Call ``on_event(routing_key, body)`` for each event until it returns False or ``timeout`` passes.
+    """Call ``on_event(routing_key, body)`` for each event until it returns False, ``timeout`` passes or
+    ``stop`` is set.
 
-    A private server-named queue is bound for the duration, so following never steals events from others.
+    A private server-named queue is bound for the duration, so following never steals events from others;
+    ``on_ready`` is called once it is bound: from then on no event is missed.
     """
     safe = redact_url(url)
     connection = connect(url, name="mpesa-b2c-events")
@@ -845,11 +849,13 @@ def follow_events(
         ok = channel.queue_declare(queue="", exclusive=True, auto_delete=True)
         private = ok.method.queue
         channel.queue_bind(queue=private, exchange=exchange, routing_key=binding)
+        if on_ready is not None:
+            on_ready()
         deadline = None if timeout is None else time.monotonic() + timeout
-        for method, _, body in channel.consume(private, auto_ack=True, inactivity_timeout=0.2):
+        for method, _, body in channel.consume(private, auto_ack=True, inactivity_timeout=0.1):
             if method is not None and not on_event(str(method.routing_key), bytes(body)):
                 break
-            if deadline is not None and time.monotonic() >= deadline:
+            if (deadline is not None and time.monotonic() >= deadline) or (stop is not None and stop.is_set()):
                 break
         with contextlib.suppress(pika.exceptions.AMQPError):
             channel.cancel()

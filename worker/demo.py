@@ -137,6 +137,11 @@ def _drive(settings: Settings, run: str, timeout: float, say: object) -> int:
     final: dict[str, str] = {}
     duplicates = 0
     done = threading.Event()
+    # ResultCode 1 opens the funds circuit breaker, as it would in production, and holds every payout not yet
+    # sent: the payout that finds the account empty goes last, once the others are final.
+    *first, last = commands
+    first_final = {f"{run}-{n}" for n in range(1, 6)} | {f"{run}-bad"}
+    others_done = threading.Event()
 
     def on_event(routing_key: str, body: bytes) -> bool:
         nonlocal duplicates
@@ -152,25 +157,33 @@ def _drive(settings: Settings, run: str, timeout: float, say: object) -> int:
         show(f"  {routing_key:18} {payout_id:22} {detail}".rstrip())
         if routing_key in FINAL_KEYS and not event.get("duplicate") and payout_id in expected_final:
             final[payout_id] = routing_key
+        if first_final <= set(final):
+            others_done.set()
         if set(final) == expected_final and duplicates >= 1:
             done.set()
             return False
         return time.monotonic() < deadline
 
+    bound = threading.Event()
     follower = threading.Thread(
         target=amqp.follow_events,
         args=(settings.amqp.url, settings.amqp.events_exchange, on_event),
-        kwargs={"timeout": max(1.0, deadline - time.monotonic())},
+        kwargs={"timeout": max(1.0, deadline - time.monotonic()), "on_ready": bound.set},
         daemon=True,
     )
     follower.start()
-    time.sleep(0.5)  # let the follower bind its queue before the first event can exist
+    if not bound.wait(max(1.0, deadline - time.monotonic())):  # bound before the first event can exist
+        show("demo FAILED: could not follow the events exchange")
+        return 1
     show("publishing:")
-    for label, body in commands:
+    for label, body in first:
         show(f"  {label:18} {body.decode()}")
-    amqp.publish_commands(settings.amqp.url, settings.amqp.command_queue, [body for _, body in commands])
+    amqp.publish_commands(settings.amqp.url, settings.amqp.command_queue, [body for _, body in first])
     show("events:")
-    done.wait(max(0.0, deadline - time.monotonic()))
+    if others_done.wait(max(0.0, deadline - time.monotonic())):
+        show(f"publishing, once the others are final:\n  {last[0]:18} {last[1].decode()}")
+        amqp.publish_commands(settings.amqp.url, settings.amqp.command_queue, [last[1]])
+        done.wait(max(0.0, deadline - time.monotonic()))
     follower.join(5)
     missing = sorted(expected_final - set(final))
     if missing or duplicates < 1:

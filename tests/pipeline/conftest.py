@@ -31,18 +31,12 @@ class EventLog:
         assert self._ready.wait(10), "event collector did not bind its queue"
 
     def _run(self, url: str, exchange: str) -> None:
-        connection = pika.BlockingConnection(pika.URLParameters(url))
-        channel = connection.channel()
-        queue = channel.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
-        channel.queue_bind(queue=queue, exchange=exchange, routing_key="payout.#")
-        self._ready.set()
-        for method, _, body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.1):
-            if self._stop.is_set():
-                break
-            if method is not None:
-                with self._lock:
-                    self.events.append((method.routing_key, json.loads(body)))
-        connection.close()
+        amqp.follow_events(url, exchange, self._keep, on_ready=self._ready.set, stop=self._stop)
+
+    def _keep(self, routing_key: str, body: bytes) -> bool:
+        with self._lock:
+            self.events.append((routing_key, json.loads(body)))
+        return not self._stop.is_set()
 
     def snapshot(self) -> list[tuple[str, dict[str, Any]]]:
         with self._lock:
