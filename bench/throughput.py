@@ -42,8 +42,8 @@ import pika
 import requests
 
 from worker import amqp
-from worker.payouts import originator_conversation_id
-from worker.runtime import ReceiverService
+from worker.payouts.models import originator_conversation_id
+from worker.receiver.service import ReceiverService
 from worker.settings import Settings, load_settings
 from worker.simulator import RunningSimulator, SimulatorOptions, start_simulator
 

@@ -54,7 +54,7 @@ def amqp_names(rabbitmq_url: str) -> Iterator[dict[str, str]]:
     with contextlib.suppress(pika.exceptions.AMQPError):
         connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
         channel = connection.channel()
-        # Delay tiers (worker.deferral) exist only if the test deferred a command: deleting is a no-op otherwise.
+        # Delay tiers (worker.flow.deferral) exist only if the test deferred a command: deleting is a no-op otherwise.
         for seconds in load_settings({}).flow.retry_delays:
             channel.queue_delete(delay_queue_name(names["B2C_COMMAND_QUEUE"], seconds))
         channel.queue_delete(names["B2C_COMMAND_QUEUE"])

@@ -67,7 +67,7 @@ UNKNOWN_SECONDS = Histogram(
 QUEUE_DEPTH = Gauge("mpesa_b2c_command_queue_depth", "Messages ready in the command queue")
 PREFETCH = Gauge("mpesa_b2c_consumer_prefetch", "Prefetch count of this worker's consumer")
 DEAD_LETTERS = Counter("mpesa_b2c_dead_letters_total", "Commands copied to the dead-letter queue", ["reason"])
-# Resolving unknowns and finding lost results (worker.reconcile, worker.ledger.lookup_store).
+# Resolving unknowns and finding lost results (worker.paying.lookups, worker.ledger.lookup_store).
 LOOKUPS = Counter(
     "mpesa_b2c_lookups_total",
     "Lookups of payouts in doubt (a status query, or a resend with the same id), by trigger and action",
@@ -88,7 +88,7 @@ PAYOUTS_FLAGGED = Gauge(
     "Payouts whose automatic lookups ran out (or contradicted them), not final: a human must look",
 )
 QUEUE_TIMEOUTS = Counter("mpesa_b2c_queue_timeouts_total", "notifyQueueTimeout notices received and stored")
-# Flow control towards the gateway (worker.limiter, worker.breaker, worker.deferral, worker.flow).
+# Flow control towards the gateway (worker.flow: limiter, breaker, deferral, control).
 CIRCUIT_OPEN = Gauge(
     "mpesa_b2c_circuit_open",
     "1 while the circuit breaker (shared by every replica) stops sends, by condition; 0 otherwise",

@@ -29,8 +29,8 @@ from tests.conftest import fast_settings_env
 from tests.pipeline.conftest import declare
 from worker import amqp
 from worker.ledger import Ledger, open_ledger
-from worker.payouts import PayoutStatus, originator_conversation_id
-from worker.runtime import ReceiverService
+from worker.payouts.models import PayoutStatus, originator_conversation_id
+from worker.receiver.service import ReceiverService
 from worker.settings import Settings
 from worker.simulator import RunningSimulator, SimulatorOptions, start_simulator
 

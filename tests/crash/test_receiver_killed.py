@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.crash.conftest import CrashRig, commands, wait_until
-from worker.payouts import PayoutStatus
+from worker.payouts.models import PayoutStatus
 from worker.simulator import SimulatorOptions
 
 BATCH = 60
@@ -69,7 +69,7 @@ def test_results_whose_deliveries_all_fail_leave_payouts_accepted_not_failed(
     receiver = rig.start_receiver()
     rig.start_worker()
     rig.wait_consuming()
-    # A worker sends freely only after a result of its own proved the credential (worker.breaker's canary).
+    # A worker sends freely only after a result of its own proved the credential (worker.flow.breaker's canary).
     rig.publish(commands("warm", 1))
     rig.wait_all_completed(["warm-0000"], timeout=30)
     receiver.kill()

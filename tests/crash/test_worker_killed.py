@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.crash.conftest import CrashRig, commands, free_port, wait_until
-from worker.payouts import PayoutStatus
+from worker.payouts.models import PayoutStatus
 from worker.simulator import SimulatorOptions
 
 BATCH = 60
@@ -70,7 +70,7 @@ def test_resend_of_a_paid_payout_is_answered_15_and_the_payout_still_completes(
     receiver = rig.start_receiver()
     first = rig.start_worker()
     rig.wait_consuming()
-    rig.publish(commands("warm", 1))  # proves this worker's credential (worker.breaker's canary)
+    rig.publish(commands("warm", 1))  # proves this worker's credential (worker.flow.breaker's canary)
     rig.wait_all_completed(["warm-0000"], timeout=30)
     receiver.kill()  # from here on, the first worker's results are paid for but cannot be delivered
 

@@ -25,7 +25,7 @@ FULL_MSISDN = re.compile(r"(?<![0-9])(?:\+?254[17][0-9]{8}|0[17][0-9]{8})(?![0-9
 
 @pytest.fixture
 def debug_log() -> Iterator[io.StringIO]:
-    """worker.logs.setup_logging("DEBUG", secrets=...) exactly as worker/cli.py calls it, into a buffer."""
+    """worker.logs.setup_logging("DEBUG", secrets=...) exactly as worker/cli/main.py calls it, into a buffer."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level, logging.getLogger("pika").level)
     buffer = io.StringIO()

@@ -29,12 +29,12 @@ from tests.conftest import POSTGRES_ADMIN_URL, RABBITMQ_URL
 from tests.flow.conftest import breaker, queued
 from tests.pipeline.conftest import EventLog, declare
 from worker import amqp
+from worker.cli.stack import LocalStack, start_local_stack
 from worker.ledger import open_ledger
-from worker.payouts import PayoutStatus, originator_conversation_id
+from worker.payouts.models import PayoutStatus, originator_conversation_id
 from worker.settings import Settings
 from worker.simulator import RunningSimulator, SimulatorOptions
 from worker.simulator.scenarios import SCENARIOS, Scenario
-from worker.stack import LocalStack, start_local_stack
 
 # Tight reconcile and flow timings: every lookup, resend and probe happens within seconds.
 FAST_ENV = {

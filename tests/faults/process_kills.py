@@ -18,7 +18,7 @@ import requests
 from tests.conftest import RABBITMQ_URL
 from tests.crash.conftest import CrashRig, broker_stopped, wait_until
 from tests.faults.fault_suite import FAST_ENV, Batch, Row, _settled, commands, measure
-from worker.payouts import PayoutStatus
+from worker.payouts.models import PayoutStatus
 from worker.simulator import SimulatorOptions, start_simulator
 
 COUNT = 30

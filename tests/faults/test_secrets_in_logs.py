@@ -14,9 +14,9 @@ import pytest
 
 from tests.faults.conftest import FULL_MSISDN, SECRETS, assert_no_secrets
 from tests.faults.fault_suite import ISOLATED, Batch, batches, run_group
+from worker.cli.stack import LocalStack
 from worker.settings import Settings
 from worker.simulator.scenarios import Scenario
-from worker.stack import LocalStack
 
 
 def keep_credentials(into: list[str]) -> Callable[[LocalStack], None]:

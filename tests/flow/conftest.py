@@ -19,7 +19,7 @@ import requests
 
 from tests.pipeline.conftest import Harness, harness_factory
 from worker import amqp
-from worker.flowstore import BreakerRow, FlowStore
+from worker.ledger.flow_state import BreakerRow, FlowStore
 from worker.settings import Settings
 
 FAST = {

@@ -18,9 +18,9 @@ from prometheus_client import REGISTRY
 from tests.flow.conftest import FAST, Sim, breaker, command, epoch, queued, wait_until
 from tests.pipeline.conftest import Harness
 from worker.amqp import Ack, Delivery
-from worker.flowstore import FlowStore
-from worker.payouts import PayoutStatus, originator_conversation_id, parse_command
-from worker.runtime import WorkerService
+from worker.ledger.flow_state import FlowStore
+from worker.paying.service import WorkerService
+from worker.payouts.models import PayoutStatus, originator_conversation_id, parse_command
 from worker.simulator import SimulatorOptions, start_simulator
 
 CLI = Path(sys.executable).with_name("mpesa-b2c")

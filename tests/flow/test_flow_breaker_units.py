@@ -14,11 +14,11 @@ from decimal import Decimal
 
 import pytest
 
-from worker.breaker import HOLD_BREAKER, HOLD_CREDENTIAL, CircuitBreaker
-from worker.flowstore import FlowStore
-from worker.gateway import REASON_CONNECTION_REFUSED, REASON_RESPONSE_CODE
+from worker.flow.breaker import HOLD_BREAKER, HOLD_CREDENTIAL, CircuitBreaker
+from worker.gateway.g2 import REASON_CONNECTION_REFUSED, REASON_RESPONSE_CODE
 from worker.ledger import Ledger, open_ledger
-from worker.payouts import CommandId, PayoutCommand, originator_conversation_id
+from worker.ledger.flow_state import FlowStore
+from worker.payouts.models import CommandId, PayoutCommand, originator_conversation_id
 from worker.protocol.codes import ResponseOutcome
 from worker.protocol.result import build_result_envelope, parse_result_envelope
 from worker.settings import Settings

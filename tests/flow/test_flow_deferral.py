@@ -8,7 +8,7 @@ from prometheus_client import REGISTRY
 
 from tests.flow.conftest import FAST, command, queued, wait_until
 from tests.pipeline.conftest import Harness
-from worker.payouts import originator_conversation_id
+from worker.payouts.models import originator_conversation_id
 from worker.simulator import SimulatorOptions
 
 THROTTLED = "254700000004"

@@ -20,7 +20,7 @@ import pytest
 
 from tests.flow.conftest import FAST, command, epoch, wait_until
 from tests.pipeline.conftest import Harness
-from worker.runtime import WorkerService
+from worker.paying.service import WorkerService
 
 CLI = Path(sys.executable).with_name("mpesa-b2c")
 RATE = 5

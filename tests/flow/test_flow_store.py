@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from worker.flowstore import FlowStore
+from worker.ledger.flow_state import FlowStore
 from worker.settings import Settings
 
 KEY = "600000"

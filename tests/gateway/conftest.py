@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from g2_double import INITIATOR_PASSWORD, SP_PASSWORD, FakeGateway, KeyPair, TlsFiles
 
-from worker.gateway import Gateway
+from worker.gateway.g2 import Gateway
 from worker.settings import load_settings
 from worker.simulator.keys import self_signed_certificate
 

@@ -28,7 +28,7 @@ from lxml import etree
 from prometheus_client import REGISTRY
 
 from worker.errors import GatewayError, ProtocolError
-from worker.gateway import Gateway, GatewayAnswer, request_wsdl
+from worker.gateway.g2 import Gateway, GatewayAnswer, request_wsdl
 from worker.protocol.codes import ResponseOutcome
 from worker.protocol.credential import decrypt_security_credential
 from worker.protocol.header import verify_sp_password

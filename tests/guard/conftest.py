@@ -14,9 +14,9 @@ import requests
 from tests.conftest import table_rows
 from tests.pipeline.conftest import declare, harness_factory
 from worker.ledger import Ledger
-from worker.payouts import Payout
+from worker.payouts.models import Payout
 from worker.protocol.result import build_result_envelope
-from worker.runtime import ReceiverService
+from worker.receiver.service import ReceiverService
 from worker.settings import LedgerSettings, Settings
 
 __all__ = ["harness_factory", "table_rows"]

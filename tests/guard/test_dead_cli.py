@@ -21,9 +21,9 @@ import pytest
 from tests.guard.conftest import TOKEN
 from tests.pipeline.conftest import Harness, declare
 from worker.amqp import MESSAGE_HEADER, REASON_HEADER
-from worker.cli import build_parser
-from worker.dead import REPLAYED_FROM_HEADER, DeadError, DeadQueue
-from worker.payouts import originator_conversation_id
+from worker.cli.dead import REPLAYED_FROM_HEADER, DeadError, DeadQueue
+from worker.cli.main import build_parser
+from worker.payouts.models import originator_conversation_id
 from worker.settings import Settings
 
 FULL_MSISDN = re.compile(r"(?<!\d)(?:\+?254|0)[17]\d{8}(?!\d)")

@@ -16,9 +16,9 @@ from prometheus_client import REGISTRY
 from tests.flow.conftest import wait_until
 from tests.guard.conftest import TOKEN, XML, count, result_for, snapshot, table_rows
 from tests.pipeline.conftest import Harness
-from worker.cli import build_parser
+from worker.cli.main import build_parser
 from worker.ledger import ApplyOutcome, Ledger, QuarantineState
-from worker.payouts import Payout, PayoutStatus, originator_conversation_id
+from worker.payouts.models import Payout, PayoutStatus, originator_conversation_id
 from worker.simulator import SimulatorOptions
 
 RESULT_DROPPED = "254700000006"  # the simulator pays and answers 0, but never sends the result
@@ -31,7 +31,7 @@ def quarantined(reason: str) -> float:
 
 def start(harness_factory: Callable[..., Harness]) -> Harness:
     """The stack, after one ordinary payout: the worker's first send must come back with a result (it proves
-    the credential, see worker.breaker) before payouts whose results never come can be sent."""
+    the credential, see worker.flow.breaker) before payouts whose results never come can be sent."""
     h = harness_factory(SimulatorOptions(result_delay=0.05), B2C_CALLBACK_TOKEN=TOKEN)
     h.publish([{"payout_id": "p-warm-up", "msisdn": "0712000001", "amount": "100.00"}])
     h.events.wait_for(lambda e: len(e.of("payout.completed")) == 1, 20, "the warm-up payout completed")

@@ -10,7 +10,7 @@ import pytest
 from tests.guard.conftest import result_for
 from worker.errors import LedgerError
 from worker.ledger import ApplyOutcome, Ledger, QuarantineState, open_ledger
-from worker.payouts import CommandId, Payout, PayoutCommand, PayoutStatus, originator_conversation_id
+from worker.payouts.models import CommandId, Payout, PayoutCommand, PayoutStatus, originator_conversation_id
 from worker.protocol.result import parse_result_envelope
 from worker.settings import Settings
 

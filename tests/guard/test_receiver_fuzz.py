@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from tests.guard.conftest import TOKEN, Receiver, count, snapshot
 from tests.pipeline.conftest import declare
 from worker import amqp
-from worker.callbacks import CallbackReceiver
+from worker.events.relay import OutboxRelay
 from worker.ledger import Ledger, open_ledger
-from worker.payouts import CommandId, Payout, PayoutCommand, originator_conversation_id
+from worker.payouts.models import CommandId, Payout, PayoutCommand, originator_conversation_id
 from worker.protocol.result import build_result_envelope, parse_result_envelope
-from worker.relay import OutboxRelay
+from worker.receiver.endpoint import CallbackReceiver
 from worker.settings import Settings
 
 MAX_BODY = 4096

@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from tests.conftest import table_rows
 from worker.ledger import Ledger, open_ledger
-from worker.payouts import CommandId, PayoutCommand, originator_conversation_id
+from worker.payouts.models import CommandId, PayoutCommand, originator_conversation_id
 from worker.protocol.result import Result, build_result_envelope, parse_result_envelope
 from worker.resources import schema_path
 from worker.settings import LedgerSettings

@@ -11,7 +11,7 @@ from typing import TypeVar
 from ledger_helpers import Database, events, make_command, make_result, ocid
 
 from worker.ledger import Ledger, RecordOutcome
-from worker.payouts import PayoutStatus
+from worker.payouts.models import PayoutStatus
 
 THREADS = 16
 T = TypeVar("T")

@@ -13,7 +13,7 @@ from ledger_helpers import Database, events, make_result, ocid
 from worker.errors import LedgerError
 from worker.ledger import ApplyOutcome, Ledger
 from worker.ledger import store as ledger_store
-from worker.payouts import PayoutStatus
+from worker.payouts.models import PayoutStatus
 
 
 def _accepted(ledger: Ledger, payout_id: str, conversation_id: str = "AG_20240501_0000abc") -> None:

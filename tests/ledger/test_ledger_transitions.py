@@ -12,7 +12,7 @@ from ledger_helpers import Database, events, make_command, ocid
 
 from worker.errors import LedgerError
 from worker.ledger import Ledger, RecordOutcome, TransitionRefused, UnknownPayout
-from worker.payouts import PayoutStatus
+from worker.payouts.models import PayoutStatus
 
 
 def test_record_stores_a_received_payout_without_an_event(ledger: Ledger) -> None:

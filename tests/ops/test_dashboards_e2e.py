@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from worker import metrics_doc
+from worker.cli import metrics_doc
 
 from .conftest import DASHBOARDS, dashboard_queries, find_tool, in_ci, load_json
 from .live_stack import (
@@ -154,7 +154,7 @@ def _what_each_job_sets_is_documented_for_it(prometheus: Prometheus) -> None:
         exported = {sample["metric"]["__name__"] for sample in prometheus.query(selector)}
         assert exported, f"{job} exports no metric with a value"
         undocumented += [f"{component}: {name}" for name in sorted(exported - documented)]
-    assert not undocumented, "set by a component but not in its table (worker/metrics_doc.py SET_BY): " + ", ".join(
+    assert not undocumented, "set by a component but not in its table (worker/cli/metrics_doc.py SET_BY): " + ", ".join(
         undocumented
     )
 

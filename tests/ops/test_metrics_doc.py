@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from worker import metrics_doc
+from worker.cli import metrics_doc
 
 from .conftest import REPO
 
@@ -17,7 +17,7 @@ FORBIDDEN_LABELS = re.compile(r"payout|msisdn|phone|originator|conversation|rece
 def test_every_metric_says_which_process_sets_it() -> None:
     names = {doc.name for doc in metrics_doc.worker_metrics()}
     unplaced = names - set(metrics_doc.SET_BY)
-    assert not unplaced, f"add {sorted(unplaced)} to SET_BY in worker/metrics_doc.py"
+    assert not unplaced, f"add {sorted(unplaced)} to SET_BY in worker/cli/metrics_doc.py"
     stale = set(metrics_doc.SET_BY) - names
     assert not stale, f"SET_BY names metrics worker.metrics no longer defines: {sorted(stale)}"
     for name, components in metrics_doc.SET_BY.items():
@@ -65,5 +65,5 @@ def test_readme_tables_are_current() -> None:
     if metrics_doc.BEGIN not in readme:
         pytest.skip("README.md has no generated metrics section yet")
     assert metrics_doc.replace_section(readme, metrics_doc.markdown()) == readme, (
-        "the README's metric tables are stale: run .venv/bin/python -m worker.metrics_doc --write README.md"
+        "the README's metric tables are stale: run .venv/bin/python -m worker.cli.metrics_doc --write README.md"
     )

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from worker.ledger import ApplyOutcome, Ledger, open_ledger
-from worker.payouts import CommandId, PayoutCommand, PayoutStatus, originator_conversation_id
+from worker.payouts.models import CommandId, PayoutCommand, PayoutStatus, originator_conversation_id
 from worker.protocol.result import build_result_envelope, parse_result_envelope
 from worker.settings import load_settings
 

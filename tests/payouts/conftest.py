@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from worker.payouts import (
+from worker.payouts.models import (
     Payout,
     PayoutCommand,
     PayoutStatus,

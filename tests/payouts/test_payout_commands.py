@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from worker.errors import InvalidCommand
-from worker.payouts import (
+from worker.payouts.models import (
     MAX_COMMAND_BYTES,
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from worker.payouts import (
+from worker.payouts.models import (
     FINAL_STATUSES,
     ROUTING_KEYS,
     FailureReason,

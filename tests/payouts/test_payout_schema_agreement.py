@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from worker.errors import InvalidCommand
-from worker.payouts import (
+from worker.payouts.models import (
     COMMAND_FIELDS,
     DEFAULT_AMOUNT_MAX,
     DEFAULT_AMOUNT_MIN,

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from worker.payouts import FINAL_STATUSES, PayoutStatus, can_transition
+from worker.payouts.models import FINAL_STATUSES, PayoutStatus, can_transition
 
 S = PayoutStatus
 ALLOWED = {

@@ -13,9 +13,9 @@ import pytest
 import requests
 
 from worker import amqp
+from worker.cli.stack import LocalStack, start_local_stack
 from worker.settings import Settings
 from worker.simulator import SimulatorOptions
-from worker.stack import LocalStack, start_local_stack
 
 
 class EventLog:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 
 from tests.pipeline.conftest import Harness
-from worker.payouts import originator_conversation_id
+from worker.payouts.models import originator_conversation_id
 from worker.simulator import SimulatorOptions
 
 

@@ -10,7 +10,7 @@ import pytest
 from tests.pipeline.conftest import Harness, harness_factory
 from tests.reconcile.fault_proxy import FaultProxy, wait_until
 from worker.ledger import Ledger, open_ledger
-from worker.payouts import PayoutCommand, originator_conversation_id
+from worker.payouts.models import PayoutCommand, originator_conversation_id
 from worker.settings import Settings
 
 __all__ = ["harness_factory"]
@@ -59,7 +59,7 @@ def warmup_ocid(h: Harness) -> str:
 def prove_credential(h: Harness) -> None:
     """Make a status query the worker's first request, and wait until its answer proves the credential.
 
-    After a process starts, worker.breaker sends nothing but one "canary" request until a result proves the
+    After a process starts, worker.flow.breaker sends nothing but one "canary" request until a result proves the
     initiator credential; everything else is held back. These tests hold payment results back for 30 s, so a
     payment canary would stall every lookup for the canary's lease. The warm-up is an ``unknown`` payout the
     simulator never saw, put straight into the worker's ledger: its status query is the canary, its answer

@@ -18,7 +18,7 @@ from worker.ledger import (
     LookupTask,
     LookupTrigger,
 )
-from worker.payouts import PayoutStatus
+from worker.payouts.models import PayoutStatus
 from worker.protocol.result import QueueTimeout, build_result_envelope, parse_result_envelope
 
 DUE = {"unknown_after": 0.0, "result_timeout": 0.0, "stuck_after": 0.0, "lease_seconds": 0.0}

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from tests.pipeline.conftest import Harness
 from tests.reconcile.conftest import FAST_RECONCILE, prove_credential, warmup_ocid
 from tests.reconcile.fault_proxy import FaultProxy, all_of, first_payments_of, is_status_query, wait_until
-from worker.payouts import originator_conversation_id
+from worker.payouts.models import originator_conversation_id
 from worker.simulator import SimulatorOptions
 
 # Payment results never arrive during a test; status answers and queue timeouts do, quickly.

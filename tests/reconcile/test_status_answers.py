@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worker.ledger import status_query_id
-from worker.payouts import originator_conversation_id
+from worker.payouts.models import originator_conversation_id
 from worker.protocol.result import build_result_envelope, parse_result_envelope
 from worker.protocol.status import StatusVerdict, interpret_status_answer
 

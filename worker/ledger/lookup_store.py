@@ -37,7 +37,7 @@ from worker.ledger.lookups import (
     status_query_id,
 )
 from worker.ledger.model import ApplyOutcome, ResultApplied, UnknownPayout
-from worker.payouts import FINAL_STATUSES, Payout, PayoutStatus, UnknownReason
+from worker.payouts.models import FINAL_STATUSES, Payout, PayoutStatus, UnknownReason
 from worker.protocol.codes import normalise_code
 from worker.protocol.result import QueueTimeout, Result, parse_result_envelope
 from worker.protocol.status import StatusVerdict, interpret_status_answer

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from worker.payouts import MAX_ORIGINATOR_CONVERSATION_ID_LENGTH, Payout
+from worker.payouts.models import MAX_ORIGINATOR_CONVERSATION_ID_LENGTH, Payout
 
 
 class LookupTrigger(StrEnum):

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from worker.errors import LedgerError
 from worker.ledger.lookups import LookupState, LookupTask, QueueTimeoutApplied, StatusQuery
-from worker.payouts import Payout, PayoutCommand, PayoutStatus
+from worker.payouts.models import Payout, PayoutCommand, PayoutStatus
 from worker.protocol.result import QueueTimeout, Result
 
 
@@ -65,7 +65,7 @@ class ResultApplied:
     """What a result callback did; ``payout`` is the matched payout after the change (None if UNMATCHED).
 
     ``quarantine_reason``: set when the result was also quarantined (QUARANTINED, or UNMATCHED with
-    ``unknown_payout``), one of :data:`worker.result_match.REASONS`.
+    ``unknown_payout``), one of :data:`worker.payouts.matching.REASONS`.
     """
 
     outcome: ApplyOutcome

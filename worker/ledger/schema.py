@@ -138,7 +138,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (
         3,
         (
-            # Flow control shared by every worker replica (worker.flowstore): one GCRA row per shortcode
+            # Flow control shared by every worker replica (worker.ledger.flow_state): one GCRA row per shortcode
             # (times are seconds since the epoch on the database's clock) and the circuit breaker's state.
             """
             CREATE TABLE IF NOT EXISTS rate_limits (

@@ -2,7 +2,7 @@
 
 Each public method is one transaction. A status change first reads the payout with a row lock (``FOR
 UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already holds the database's write lock), asks
-:func:`worker.payouts.can_transition`, and then updates the row only if status and attempt count are still
+:func:`worker.payouts.models.can_transition`, and then updates the row only if status and attempt count are still
 what it read (compare-and-set), inserting the event into ``outbox`` in the same transaction. So an event
 exists exactly when its transition does, and a repeated call finds the new status and does nothing.
 """
@@ -32,7 +32,8 @@ from worker.ledger.model import (
     UnknownPayout,
 )
 from worker.ledger.schema import migrate
-from worker.payouts import (
+from worker.payouts.matching import REASON_UNKNOWN_PAYOUT, mismatches
+from worker.payouts.models import (
     FINAL_STATUSES,
     FailureReason,
     Payout,
@@ -49,7 +50,6 @@ from worker.payouts import (
 )
 from worker.protocol.codes import ResultOutcome, result_category
 from worker.protocol.result import Result, parse_result_envelope
-from worker.result_match import REASON_UNKNOWN_PAYOUT, mismatches
 
 # Columns a transition may set besides status/updated_at; the only names ever put into UPDATE text.
 _UPDATABLE = frozenset(
@@ -469,7 +469,7 @@ class SqlLedger(quarantine.QuarantineQueries, LookupStore, Generic[C]):
             quarantined = REASON_UNKNOWN_PAYOUT
             quarantine.insert(work.session, work.now, raw, result, payout_id=None, reason=quarantined, detail=note)
         elif verify and (found := mismatches(payout, result)):
-            # Not what we sent: kept with its body for review, never applied (see worker.result_match).
+            # Not what we sent: kept with its body for review, never applied (see worker.payouts.matching).
             disposition, quarantined = ApplyOutcome.QUARANTINED, found[0].reason
             note = "quarantined: " + "; ".join(mismatch.detail for mismatch in found)
             quarantine.insert(

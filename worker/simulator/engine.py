@@ -41,9 +41,9 @@ from worker.protocol.response import build_response_envelope
 from worker.protocol.xml import child, descendant, parse_untrusted
 from worker.redact import mask_msisdn
 from worker.settings import MpesaSettings
-from worker.simulator.callbacks import Attempt, CallbackDeliverer, CallbackJob
 from worker.simulator.metrics import SimulatorMetrics
 from worker.simulator.options import SimulatorOptions
+from worker.simulator.result_sender import Attempt, CallbackDeliverer, CallbackJob
 from worker.simulator.scenarios import Scenario, scenario_for_msisdn
 from worker.simulator.state import (
     WORKING_FUNDS,

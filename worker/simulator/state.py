@@ -15,7 +15,7 @@ from decimal import Decimal
 from hashlib import sha256
 from typing import Any
 
-from worker.simulator.callbacks import Attempt
+from worker.simulator.result_sender import Attempt
 from worker.simulator.scenarios import Scenario
 
 NAIROBI = timezone(timedelta(hours=3), "EAT")

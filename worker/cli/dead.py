@@ -40,10 +40,10 @@ import pika.exceptions
 
 from worker import amqp
 from worker.errors import B2CError, BrokerUnavailable
+from worker.events.relay import OutboxRelay
 from worker.ledger import Ledger, QuarantinedResult, open_ledger
-from worker.payouts import extract_payout_id, normalise_msisdn
+from worker.payouts.models import extract_payout_id, normalise_msisdn
 from worker.redact import mask_msisdn, mask_msisdns_in_text
-from worker.relay import OutboxRelay
 from worker.settings import Settings, redact_url
 
 REPLAYED_FROM_HEADER = "x-b2c-replayed-from"
@@ -344,7 +344,7 @@ def quarantine_id(text: str) -> int | None:
 
 
 def add_dead_parser(sub: Any) -> None:
-    """The ``dead`` role and its actions, for :func:`worker.cli.build_parser`."""
+    """The ``dead`` role and its actions, for :func:`worker.cli.main.build_parser`."""
     parser = sub.add_parser("dead", help="list, show, replay or drop dead letters; review quarantined results")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 

@@ -40,9 +40,9 @@ from worker.amqp import (
     delay_queue_name,
     delay_tier_label,
 )
-from worker.breaker import HOLD_BREAKER
 from worker.errors import B2CError
-from worker.gateway import NOT_SENT_REASONS, GatewayAnswer
+from worker.flow.breaker import HOLD_BREAKER
+from worker.gateway.g2 import NOT_SENT_REASONS, GatewayAnswer
 from worker.settings import AmqpSettings
 
 log = logging.getLogger(__name__)

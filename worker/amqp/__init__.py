@@ -179,7 +179,7 @@ def declare_topology(channel: BlockingChannel, amqp: AmqpSettings) -> None:
     """Declare the events exchange, the dead queue and the command queue; safe to repeat.
 
     The delay tiers are declared by the worker the first time it defers a command to one of them
-    (:func:`declare_delay_queues`, from worker.deferral).
+    (:func:`declare_delay_queues`, from worker.flow.deferral).
 
     A mismatch closes the channel (AMQP rules), so after a TopologyError the caller needs a new channel.
     """

@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from worker import metrics
-from worker.consumer import EventRelay, PaymentGateway
-from worker.consumer import send_lease_seconds as send_lease
 from worker.errors import B2CError
-from worker.gateway import NOT_SENT_REASONS, GatewayAnswer
+from worker.gateway.g2 import NOT_SENT_REASONS, GatewayAnswer
 from worker.ledger import FlagReason, Ledger, LookupAction, LookupTask
 from worker.ledger.lookup_store import HELD_BACK
+from worker.paying.handler import EventRelay, PaymentGateway
+from worker.paying.handler import send_lease_seconds as send_lease
 from worker.protocol.codes import ResponseOutcome
 from worker.redact import mask_msisdn
 from worker.settings import Settings

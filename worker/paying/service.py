@@ -1,6 +1,6 @@
-"""Process wiring for the two long-running roles: the worker and the callback receiver.
+"""Process wiring for the worker role: consume commands, pay them, look unknowns up, publish events.
 
-Each service builds its parts from the settings once, runs them, and stops them in the reverse order: stop
+The service builds its parts from the settings once, runs them, and stops them in the reverse order: stop
 taking work, let in-flight payouts finish, publish what the outbox still holds, close.
 """
 
@@ -11,74 +11,29 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import make_wsgi_app
 
-from worker import __version__, amqp, callback_urls, metrics
-from worker.callbacks import CallbackReceiver
-from worker.consumer import PayoutProcessor
-from worker.deferral import Deferrer
+from worker import __version__, amqp, metrics
+from worker.background import Background
 from worker.errors import B2CError
-from worker.flow import FlowControl
-from worker.flowstore import FlowStore
-from worker.gateway import Gateway
+from worker.events.relay import relay_for
+from worker.flow.control import FlowControl
+from worker.flow.deferral import Deferrer
+from worker.gateway.g2 import Gateway
 from worker.httpserver import RunningServer, start_server
-from worker.ledger import Ledger, open_ledger
-from worker.payouts import PayoutStatus
-from worker.reconcile import Reconciler
-from worker.relay import OutboxRelay
+from worker.ledger import open_ledger
+from worker.ledger.flow_state import FlowStore
+from worker.ledger.gauges import GAUGE_INTERVAL, update_ledger_gauges
+from worker.paying.handler import PayoutProcessor
+from worker.paying.lookups import Reconciler
+from worker.receiver import urls
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-GAUGE_INTERVAL = 5.0
 FLOW_INTERVAL = 0.25
-
-
-def _relay_for(settings: Settings, ledger: Ledger) -> OutboxRelay:
-    url = settings.amqp.url
-    return OutboxRelay(
-        ledger, lambda: amqp.ConfirmedPublisher(url, name="mpesa-b2c-events"), settings.amqp.events_exchange
-    )
-
-
-class _Background:
-    """Periodic jobs on daemon threads that end together when ``stop`` is set."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    def every(self, seconds: float, job: Callable[[], None], name: str) -> None:
-        def loop() -> None:
-            while not self.stop.wait(seconds):
-                try:
-                    job()
-                except B2CError as exc:
-                    log.warning("%s: %s", name, exc)
-                except Exception:  # a background job must outlive a bug or a broker hiccup; it runs again
-                    log.exception("%s failed; trying again in %.0f s", name, seconds)
-
-        thread = threading.Thread(target=loop, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def join(self, timeout: float = 5.0) -> None:
-        self.stop.set()
-        for thread in self._threads:
-            thread.join(timeout)
-
-
-def _ledger_gauges(ledger: Ledger) -> None:
-    counts = ledger.count_by_status()
-    for status in PayoutStatus:
-        metrics.PAYOUTS_BY_STATUS.labels(status=status.value).set(counts.get(status.value, 0))
-    oldest = ledger.list_payouts(status=PayoutStatus.UNKNOWN, limit=1)  # ordered by updated_at
-    age = (datetime.now(UTC) - oldest[0].updated_at).total_seconds() if oldest else 0.0
-    metrics.UNKNOWN_OLDEST_SECONDS.set(age)
-    metrics.OUTBOX_BACKLOG.set(ledger.outbox_backlog())
 
 
 class WorkerService:
@@ -89,11 +44,11 @@ class WorkerService:
         metrics.BUILD_INFO.info({"version": __version__})
         metrics.PREFETCH.set(settings.amqp.prefetch)
         self.ledger = open_ledger(settings.ledger)
-        # What M-PESA calls back on: the configured URLs plus the secret token (worker.callback_urls).
-        self.gateway = Gateway(callback_urls.gateway_mpesa(settings))
-        self.relay = _relay_for(settings, self.ledger)
-        # Circuit breaker + rate limit on every gateway request (worker.flow), shared with the other replicas
-        # through the ledger's database; "not processed" commands wait in delay queues (worker.deferral).
+        # What M-PESA calls back on: the configured URLs plus the secret token (worker.receiver.urls).
+        self.gateway = Gateway(urls.gateway_mpesa(settings))
+        self.relay = relay_for(settings, self.ledger)
+        # Circuit breaker + rate limit on every gateway request (worker.flow.control), shared with the other replicas
+        # through the ledger's database; "not processed" commands wait in delay queues (worker.flow.deferral).
         self.flow = FlowControl(settings, FlowStore.open(settings.ledger), on_hold=self._pause)
         self.gateway.observer = self.flow
         self.deferrer = Deferrer(
@@ -119,7 +74,7 @@ class WorkerService:
             # On SIGTERM, wait as long as one send can take before giving up on the payouts in flight.
             drain_timeout=self.processor.send_lease_seconds,
         )
-        self._background = _Background()
+        self._background = Background()
         self._metrics_app = make_wsgi_app()
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
@@ -134,7 +89,7 @@ class WorkerService:
     def run(self) -> None:
         """Block until stopped (SIGTERM handlers call ``stop``); raises BrokerUnavailable if RabbitMQ is down."""
         self._background.every(self.settings.outbox_interval, self.relay.try_flush_older, "outbox-relay")
-        self._background.every(GAUGE_INTERVAL, lambda: _ledger_gauges(self.ledger), "ledger-gauges")
+        self._background.every(GAUGE_INTERVAL, lambda: update_ledger_gauges(self.ledger), "ledger-gauges")
         self._background.every(GAUGE_INTERVAL, self._queue_gauge, "queue-gauge")
         self._background.every(self.reconciler.tick_seconds, self.reconciler.tick, "reconcile")
         self._follow_flow()  # an open breaker (another replica's, or from before a restart) holds from the start
@@ -198,7 +153,7 @@ class WorkerService:
             return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
             # An open circuit breaker is reported but stays 200: the process is healthy and restarting it
-            # would not fund the account or fix a credential (see worker.breaker).
+            # would not fund the account or fix a credential (see worker.flow.breaker).
             alive = self._failure is None
             health = {"status": "ok" if alive else "failed", "in_flight": self.consumer.in_flight}
             health.update(consuming=not self.consumer.paused, **self.flow.health())
@@ -206,39 +161,3 @@ class WorkerService:
             return [json.dumps(health).encode()]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
-
-
-class ReceiverService:
-    """``mpesa-b2c callbacks``: the GenericAPIResult endpoint at the path of B2C_RESULT_URL."""
-
-    def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8320, threads: int = 8):
-        self.settings = settings
-        metrics.BUILD_INFO.info({"version": __version__})
-        self.ledger = open_ledger(settings.ledger)
-        self.relay = _relay_for(settings, self.ledger)
-        self.app = CallbackReceiver(settings, self.ledger, self.relay)
-        self._background = _Background()
-        self._background.every(settings.outbox_interval, self.relay.try_flush_older, "outbox-relay")
-        self._background.every(GAUGE_INTERVAL, lambda: _ledger_gauges(self.ledger), "ledger-gauges")
-        self.server = start_server(
-            self.app,
-            host,
-            port,
-            threads=threads,
-            name="mpesa-b2c-callbacks",
-            keep_proxy_headers=True,
-            # A backstop far above the app's own limit (which answers 413 itself and counts it).
-            max_request_body=max(4 * settings.receiver.max_body_bytes, 1024 * 1024),
-        )
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    def stop(self) -> None:
-        self.server.stop()
-        self._background.join()
-        with contextlib.suppress(B2CError):
-            self.relay.try_flush()
-        self.relay.close()
-        self.ledger.close()

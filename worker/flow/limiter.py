@@ -2,7 +2,7 @@
 
 The limit is ``B2C_RATE_LIMIT`` requests per second per shortcode (payments and status queries alike: both
 reach the same gateway), with bursts of ``B2C_RATE_BURST``. Its state is one GCRA row in the ledger's
-database (:meth:`worker.flowstore.FlowStore.reserve`), so three replicas with a limit of 5 send 5 a second
+database (:meth:`worker.ledger.flow_state.FlowStore.reserve`), so three replicas with a limit of 5 send 5 a second
 between them, not 15. Each request reserves its own slot and its thread sleeps until then (in short steps,
 so a shutdown is not held up), at most ``max_wait`` seconds: a request that would wait longer is not sent
 and its command goes back to the queue for later (``rate_limited``).
@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from worker import metrics
 from worker.errors import B2CError
-from worker.flowstore import FlowStore
+from worker.ledger.flow_state import FlowStore
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """How the worker paces itself towards the gateway: the circuit breaker and the rate limit, per request.
 
-:class:`FlowControl` is the :class:`~worker.gateway.AttemptObserver` of the worker's Gateway, so every HTTP
+:class:`FlowControl` is the :class:`~worker.gateway.g2.AttemptObserver` of the worker's Gateway, so every HTTP
 attempt (payments and status queries, the gateway client's own quick retries included) first passes the
-breaker (:mod:`worker.breaker`) and then waits for its rate-limit slot (:mod:`worker.limiter`), and every
+breaker (:mod:`worker.flow.breaker`) and then waits for its rate-limit slot (:mod:`worker.flow.limiter`), and every
 answer feeds both: connection failures and account conditions open the breaker, throttling answers slow the
 shared rate down, accepted requests speed it up again.
 
@@ -17,9 +17,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from worker.breaker import HOLD_CREDENTIAL, Accepting, CircuitBreaker, safe_tick
-from worker.flowstore import FlowStore
-from worker.limiter import RateLimiter
+from worker.flow.breaker import HOLD_CREDENTIAL, Accepting, CircuitBreaker, safe_tick
+from worker.flow.limiter import RateLimiter
+from worker.ledger.flow_state import FlowStore
 from worker.protocol.codes import ResponseOutcome
 from worker.settings import Settings
 

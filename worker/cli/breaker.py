@@ -1,7 +1,7 @@
 """``mpesa-b2c breaker status|close``: the operator's view of the circuit breaker, and the way to close it.
 
 Closing is how sending resumes after a ``credential`` or ``config`` condition (no automatic probe exists for
-those, see :mod:`worker.breaker`), and the quick way after topping up the utility account. It works on the
+those, see :mod:`worker.flow.breaker`), and the quick way after topping up the utility account. It works on the
 shared state in the ledger's database, so every worker replica resumes within a fraction of a second; each
 process then proves the credential with one request before it sends freely.
 """
@@ -14,8 +14,8 @@ import json
 import socket
 from typing import Any
 
-from worker.breaker import describe
-from worker.flowstore import FlowStore
+from worker.flow.breaker import describe
+from worker.ledger.flow_state import FlowStore
 from worker.settings import Settings
 
 
@@ -38,7 +38,7 @@ def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def add_breaker_parser(sub: Any) -> None:
-    """The ``breaker`` role, for :func:`worker.cli.build_parser`."""
+    """The ``breaker`` role, for :func:`worker.cli.main.build_parser`."""
     parser = sub.add_parser("breaker", help="show or close the circuit breaker that stops payments to the gateway")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = actions.add_parser("status", help="whether sending is stopped, why, and what resumes it")

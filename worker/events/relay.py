@@ -12,9 +12,10 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from worker import metrics
+from worker import amqp, metrics
 from worker.errors import B2CError
 from worker.ledger import Ledger, OutboxEvent
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +109,10 @@ class OutboxRelay:
 
     def close(self) -> None:
         self._reset()
+
+
+def relay_for(settings: Settings, ledger: Ledger) -> OutboxRelay:
+    url = settings.amqp.url
+    return OutboxRelay(
+        ledger, lambda: amqp.ConfirmedPublisher(url, name="mpesa-b2c-events"), settings.amqp.events_exchange
+    )

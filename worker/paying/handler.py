@@ -21,12 +21,12 @@ from typing import Protocol
 
 from worker import metrics
 from worker.amqp import Ack, DeadLetter, Delivery, Disposition, Requeue
-from worker.deferral import Deferrer, GiveUp, Hold
 from worker.errors import B2CError, InvalidCommand, ProtocolError
-from worker.flow import FlowControl
-from worker.gateway import REASON_UNPARSABLE, GatewayAnswer
+from worker.flow.control import FlowControl
+from worker.flow.deferral import Deferrer, GiveUp, Hold
+from worker.gateway.g2 import REASON_UNPARSABLE, GatewayAnswer
 from worker.ledger import Ledger, RecordOutcome
-from worker.payouts import (
+from worker.payouts.models import (
     Payout,
     PayoutStatus,
     RejectionReason,
@@ -86,7 +86,7 @@ class PayoutProcessor:
         deferrer: Deferrer | None = None,
     ) -> None:
         self._mpesa = settings.mpesa
-        # Flow control (worker.flow, worker.deferral): without them, "not processed" is a plain requeue.
+        # Flow control (worker.flow.control, worker.flow.deferral): without them, "not processed" is a plain requeue.
         self._flow = flow
         self._deferrer = deferrer
         self._delivery_limit = settings.amqp.delivery_limit
@@ -255,7 +255,7 @@ class PayoutProcessor:
     ) -> Disposition:
         """M-PESA certainly did not process it (busy, throttled, unreachable, held back here): nothing was paid.
 
-        With a deferrer the command waits in a delay queue (worker.deferral) and the thread moves on; the
+        With a deferrer the command waits in a delay queue (worker.flow.deferral) and the thread moves on; the
         payout goes back to ``received`` before the copy is published, so the copy always finds it there.
         """
         if self._deferrer is not None:

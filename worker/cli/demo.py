@@ -21,10 +21,10 @@ from pathlib import Path
 import pika
 
 from worker import amqp
+from worker.cli.stack import start_local_stack
 from worker.errors import B2CError
 from worker.settings import Settings
 from worker.simulator import SimulatorOptions
-from worker.stack import start_local_stack
 
 FINAL_KEYS = ("payout.completed", "payout.failed", "payout.rejected")
 

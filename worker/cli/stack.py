@@ -6,7 +6,8 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from worker.runtime import ReceiverService, WorkerService
+from worker.paying.service import WorkerService
+from worker.receiver.service import ReceiverService
 from worker.settings import Settings
 from worker.simulator import RunningSimulator, SimulatorOptions, start_simulator
 

@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from worker.payouts import Payout
+from worker.payouts.models import Payout
 from worker.protocol.codes import ResultOutcome
 from worker.protocol.result import Result, parse_money
 

@@ -17,12 +17,12 @@ from prometheus_client import make_wsgi_app
 
 from worker import metrics
 from worker.errors import B2CError, LedgerError, ProtocolError
+from worker.events.relay import OutboxRelay
 from worker.ledger import ApplyOutcome, Ledger, ResultApplied
 from worker.protocol.codes import RESULT_CODES
 from worker.protocol.response import build_response_envelope
 from worker.protocol.result import Result, build_queue_timeout_response, parse_queue_timeout, parse_result_envelope
-from worker.receiver_guard import ReceiverGuard
-from worker.relay import OutboxRelay
+from worker.receiver.guard import ReceiverGuard
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ _TIMEOUT_INTERNAL_ERROR = build_queue_timeout_response("200000003", "Internal Se
 class CallbackReceiver:
     """WSGI app serving the ResultURL path, the QueueTimeoutURL path, ``/healthz`` and ``/metrics``.
 
-    The callback paths are the configured ones plus the secret token (:mod:`worker.callback_urls`); a
+    The callback paths are the configured ones plus the secret token (:mod:`worker.receiver.urls`); a
     request elsewhere, or from outside the allowed networks, is refused before its body is read.
     """
 

@@ -13,12 +13,13 @@ from types import FrameType
 
 from worker import __version__
 from worker.amqp import follow_events, publish_commands
-from worker.breaker_cli import add_breaker_parser
-from worker.dead import add_dead_parser
-from worker.demo import run_demo
+from worker.cli.breaker import add_breaker_parser
+from worker.cli.dead import add_dead_parser
+from worker.cli.demo import run_demo
 from worker.errors import B2CError, BrokerUnavailable, ConfigError
 from worker.logs import scrub, setup_logging
-from worker.runtime import ReceiverService, WorkerService
+from worker.paying.service import WorkerService
+from worker.receiver.service import ReceiverService
 from worker.settings import Settings, load_settings
 from worker.simulator import serve
 from worker.simulator.cli_args import add_simulator_arguments, options_from_args

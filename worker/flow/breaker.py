@@ -1,7 +1,7 @@
 """The circuit breaker: stop sending when the gateway cannot take payments, and resume when it can.
 
 It opens, for one shortcode and every replica at once (the state is a row in the ledger's database, see
-:mod:`worker.flowstore`), on four conditions, each with its own way back:
+:mod:`worker.ledger.flow_state`), on four conditions, each with its own way back:
 
 ``unreachable``
     ``B2C_BREAKER_THRESHOLD`` consecutive attempts of this process failed to connect (nothing was sent).
@@ -51,8 +51,8 @@ from urllib.parse import urlsplit
 
 from worker import metrics
 from worker.errors import B2CError
-from worker.flowstore import BreakerRow, FlowStore, already_open_for
-from worker.gateway import NOT_SENT_REASONS
+from worker.gateway.g2 import NOT_SENT_REASONS
+from worker.ledger.flow_state import BreakerRow, FlowStore, already_open_for
 from worker.protocol.codes import (
     ResponseOutcome,
     ResultOutcome,

@@ -325,7 +325,7 @@ class Gateway:
         observer: AttemptObserver | None = None,
     ) -> None:
         self._mpesa = mpesa
-        # Flow control (worker.flow.FlowControl): the circuit breaker and the rate limit, per attempt.
+        # Flow control (worker.flow.control.FlowControl): the circuit breaker and the rate limit, per attempt.
         self.observer = observer
         for secret in (mpesa.sp_password.reveal(), mpesa.initiator_password.reveal()):
             register_secret(secret)
