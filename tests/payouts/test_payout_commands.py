@@ -214,9 +214,7 @@ def test_remarks_and_occasion() -> None:
 
 
 @pytest.mark.parametrize("name", ["remarks", "occasion"])
-@pytest.mark.parametrize(
-    "value", ["x" * 101, "line\nbreak", "tab\there", "nul\x00", "\u2028", "\x85", 5, ["a"]]
-)
+@pytest.mark.parametrize("value", ["x" * 101, "line\nbreak", "tab\there", "nul\x00", "\u2028", "\x85", 5, ["a"]])
 def test_bad_texts(name: str, value: Any) -> None:
     assert refusal(body(**{name: value})).field == name
 

@@ -196,9 +196,7 @@ def test_in_flight_statuses_only_as_duplicates(
     assert not event_validator.is_valid(forged)
 
 
-def test_reasons_belong_to_their_status(
-    event_validator: Draft202012Validator, make_payout: MakePayout
-) -> None:
+def test_reasons_belong_to_their_status(event_validator: Draft202012Validator, make_payout: MakePayout) -> None:
     payout = make_payout()
     for status, vocabulary in (
         (S.REJECTED, RejectionReason),
@@ -218,9 +216,7 @@ def test_reasons_belong_to_their_status(
         build_event(payout, status=S.REJECTED)
 
 
-def test_schema_rejects_mismatched_reason(
-    event_validator: Draft202012Validator, make_payout: MakePayout
-) -> None:
+def test_schema_rejects_mismatched_reason(event_validator: Draft202012Validator, make_payout: MakePayout) -> None:
     event = build_event(make_payout(), status=S.UNKNOWN, reason="no_response", now=NOW)
     assert event_validator.is_valid(event)
     for status, reason in ((S.UNKNOWN, "mpesa_rejected"), (S.REJECTED, None), (S.ACCEPTED, "no_response")):
@@ -233,9 +229,7 @@ def test_stale_reason_is_not_carried_to_another_status(make_payout: MakePayout) 
     assert build_event(payout, status=S.ACCEPTED)["reason"] is None
 
 
-def test_unknown_event_with_reason_from_the_row(
-    event_validator: Draft202012Validator, make_payout: MakePayout
-) -> None:
+def test_unknown_event_with_reason_from_the_row(event_validator: Draft202012Validator, make_payout: MakePayout) -> None:
     payout = make_payout(status=S.UNKNOWN, reason="no_response", conversation_id=None, response_code=None)
     event = build_event(payout, status=S.UNKNOWN, message="read timeout after 30 s", now=NOW)
     assert_valid(event_validator, event)
@@ -244,9 +238,7 @@ def test_unknown_event_with_reason_from_the_row(
     assert event["conversation_id"] is None
 
 
-def test_failed_event_from_result_codes(
-    event_validator: Draft202012Validator, make_payout: MakePayout
-) -> None:
+def test_failed_event_from_result_codes(event_validator: Draft202012Validator, make_payout: MakePayout) -> None:
     payout = make_payout(
         status=S.FAILED,
         result_code="2001",
@@ -259,9 +251,7 @@ def test_failed_event_from_result_codes(
     assert event["result"]["receipt"] is None
 
 
-def test_result_argument_accepts_raw_values(
-    event_validator: Draft202012Validator, make_payout: MakePayout
-) -> None:
+def test_result_argument_accepts_raw_values(event_validator: Draft202012Validator, make_payout: MakePayout) -> None:
     raw = {
         "code": "0",
         "description": "ok",

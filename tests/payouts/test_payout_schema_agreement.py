@@ -82,12 +82,7 @@ amount_strings = (
 amounts = amount_numbers | amount_strings | json_scalars
 
 printable = st.text(st.characters(exclude_categories=["Cs", "Cc"]), max_size=110)
-texts = (
-    printable
-    | st.text(max_size=110)
-    | st.sampled_from(["", "x" * 100, "x" * 101, "a\n", "\u2028"])
-    | json_scalars
-)
+texts = printable | st.text(max_size=110) | st.sampled_from(["", "x" * 100, "x" * 101, "a\n", "\u2028"]) | json_scalars
 
 commands = st.sampled_from(["BusinessPayment", "SalaryPayment", "PromotionPayment"]) | st.text(max_size=16)
 metadata = st.dictionaries(st.text(max_size=6), json_values, max_size=4) | json_values
@@ -102,9 +97,7 @@ valid_fields: dict[str, st.SearchStrategy[Any]] = {
     ),
     # Whole cents from 10.00 to 250000.00, as numbers (sometimes in exponent form, e.g. 1E+3) or strings.
     "amount": st.builds(
-        lambda cents, compact: (
-            Decimal(cents).scaleb(-2).normalize() if compact else Decimal(cents).scaleb(-2)
-        ),
+        lambda cents, compact: Decimal(cents).scaleb(-2).normalize() if compact else Decimal(cents).scaleb(-2),
         st.integers(1000, 25_000_000),
         st.booleans(),
     )
@@ -178,9 +171,7 @@ def test_schema_and_parser_agree(command_validator: Draft202012Validator, docume
 
 @SETTINGS
 @given(document=valid_documents)
-def test_valid_commands_are_accepted_by_both(
-    command_validator: Draft202012Validator, document: dict[str, Any]
-) -> None:
+def test_valid_commands_are_accepted_by_both(command_validator: Draft202012Validator, document: dict[str, Any]) -> None:
     raw = canonical_json(document)
     assert schema_accepts(command_validator, raw)
     command = parse_command(raw)

@@ -25,12 +25,8 @@ NAIROBI = timezone(timedelta(hours=3))
 
 def test_sp_password_matches_an_independently_computed_vector() -> None:
     # printf '600000Safaricom999!*!20240131103000' | sha256sum | tr a-f A-F | base64
-    expected_upper = (
-        "OTAzMkJENjQ5OTQzQ0IwMzUyQUNFMjI3RjU0N0I1NDU1Nzk1N0NGRTBCQzAzQ0U1RDVERkQ3RUQ4RTQxOUY3RQ=="
-    )
-    expected_lower = (
-        "OTAzMmJkNjQ5OTQzY2IwMzUyYWNlMjI3ZjU0N2I1NDU1Nzk1N2NmZTBiYzAzY2U1ZDVkZmQ3ZWQ4ZTQxOWY3ZQ=="
-    )
+    expected_upper = "OTAzMkJENjQ5OTQzQ0IwMzUyQUNFMjI3RjU0N0I1NDU1Nzk1N0NGRTBCQzAzQ0U1RDVERkQ3RUQ4RTQxOUY3RQ=="
+    expected_lower = "OTAzMmJkNjQ5OTQzY2IwMzUyYWNlMjI3ZjU0N2I1NDU1Nzk1N2NmZTBiYzAzY2U1ZDVkZmQ3ZWQ4ZTQxOWY3ZQ=="
     assert sp_password("600000", "Safaricom999!*!", "20240131103000") == expected_upper
     assert sp_password("600000", "Safaricom999!*!", "20240131103000", uppercase=False) == expected_lower
 
@@ -114,9 +110,7 @@ def test_parse_transaction_timestamp_accepts_wire_forms(text: str, expected: dat
     assert parsed.utcoffset() == timedelta(0)
 
 
-@pytest.mark.parametrize(
-    "text", ["", "yesterday", "2014-13-27T12:53:19Z", "20141327093620", "2014-09-27", "T12:00:00"]
-)
+@pytest.mark.parametrize("text", ["", "yesterday", "2014-13-27T12:53:19Z", "20141327093620", "2014-09-27", "T12:00:00"])
 def test_parse_transaction_timestamp_rejects_garbage(text: str) -> None:
     with pytest.raises(ProtocolError):
         parse_transaction_timestamp(text)

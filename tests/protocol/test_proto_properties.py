@@ -124,12 +124,8 @@ def test_random_documents_inside_a_real_envelope(
 
 @pytest.mark.parametrize("parse", ENVELOPE_PARSERS[:2])
 @settings(max_examples=300, deadline=None)
-@given(
-    prefix=st.binary(max_size=30), suffix=st.binary(max_size=30), cut=st.integers(min_value=0, max_value=400)
-)
-def test_mangled_real_messages(
-    parse: Callable[[bytes], object], prefix: bytes, suffix: bytes, cut: int
-) -> None:
+@given(prefix=st.binary(max_size=30), suffix=st.binary(max_size=30), cut=st.integers(min_value=0, max_value=400))
+def test_mangled_real_messages(parse: Callable[[bytes], object], prefix: bytes, suffix: bytes, cut: int) -> None:
     real = (
         b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>'
         b'<ResultMsg xmlns="http://api-v1.gen.mm.vodafone.com/mminterface/result">'

@@ -65,9 +65,7 @@ def texts(document: bytes, path: str) -> list[str]:
 
 
 @pytest.mark.parametrize("command_id", PAYMENT_COMMANDS)
-def test_payment_request_validates_against_safaricom_schema(
-    command_id: str, request_schema: etree.XMLSchema
-) -> None:
+def test_payment_request_validates_against_safaricom_schema(command_id: str, request_schema: etree.XMLSchema) -> None:
     document = payment(command_id=command_id)
     root = etree.fromstring(document)
     assert request_schema.validate(root), request_schema.error_log
@@ -195,9 +193,7 @@ def test_envelope_carries_header_and_cdata_document(namespace: str) -> None:
     )
     assert b"<![CDATA[" + inner + b"]]>" in envelope
     root = parse_untrusted(envelope)
-    header = root.find(
-        f"{{http://schemas.xmlsoap.org/soap/envelope/}}Header/{{{namespace}}}RequestSOAPHeader"
-    )
+    header = root.find(f"{{http://schemas.xmlsoap.org/soap/envelope/}}Header/{{{namespace}}}RequestSOAPHeader")
     assert header is not None
     assert [(etree.QName(n).localname, n.text) for n in header] == [
         ("spId", "600000"),

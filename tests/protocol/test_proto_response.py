@@ -148,10 +148,7 @@ def test_declared_encoding_inside_cdata_is_harmless() -> None:
         f'<response xmlns="{RESPONSE_NS}"><ResponseCode>0</ResponseCode>'
         "<ResponseDesc>Ombi limekubaliwa \u2013 José</ResponseDesc></response>"
     )
-    assert (
-        parse_response_envelope(envelope(f"<![CDATA[{inner}]]>")).description
-        == "Ombi limekubaliwa \u2013 José"
-    )
+    assert parse_response_envelope(envelope(f"<![CDATA[{inner}]]>")).description == "Ombi limekubaliwa \u2013 José"
     assert parse_response_document(inner).description == "Ombi limekubaliwa \u2013 José"
 
 
@@ -246,18 +243,14 @@ def test_builder_refuses_text_xml_cannot_carry() -> None:
 
 
 FIELD = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")).filter(
-        lambda c: c not in "\ufffe\uffff"
-    ),
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")).filter(lambda c: c not in "\ufffe\uffff"),
     max_size=40,
 ).map(str.strip)
 OPTIONAL = st.none() | FIELD.filter(bool)
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    code=FIELD.filter(bool), description=FIELD, conversation=OPTIONAL, originator=OPTIONAL, status=OPTIONAL
-)
+@given(code=FIELD.filter(bool), description=FIELD, conversation=OPTIONAL, originator=OPTIONAL, status=OPTIONAL)
 def test_build_then_parse_round_trips(
     code: str, description: str, conversation: str | None, originator: str | None, status: str | None
 ) -> None:

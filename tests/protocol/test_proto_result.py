@@ -78,17 +78,12 @@ def result_text(
         items = "".join(
             f"<ResultParameter><Key>{k}</Key><Value>{v}</Value></ResultParameter>" for k, v in pairs.items()
         )
-        reference = (
-            "<ReferenceItem><Key>QueueTimeoutURL</Key><Value>https://payer/timeout</Value></ReferenceItem>"
-        )
+        reference = "<ReferenceItem><Key>QueueTimeoutURL</Key><Value>https://payer/timeout</Value></ReferenceItem>"
     else:
         req = f' xmlns="{REQUEST_NS}"'
-        items = "".join(
-            f"<Parameter><Key{req}>{k}</Key><Value{req}>{v}</Value></Parameter>" for k, v in pairs.items()
-        )
+        items = "".join(f"<Parameter><Key{req}>{k}</Key><Value{req}>{v}</Value></Parameter>" for k, v in pairs.items())
         reference = (
-            f"<ReferenceItem><Key{req}>QueueTimeoutURL</Key><Value{req}>https://payer/timeout</Value>"
-            "</ReferenceItem>"
+            f"<ReferenceItem><Key{req}>QueueTimeoutURL</Key><Value{req}>https://payer/timeout</Value></ReferenceItem>"
         )
     return (
         f"<{root}{xmlns}><ResultType>{result_type}</ResultType><ResultCode>{code}</ResultCode>"
@@ -281,9 +276,7 @@ def test_built_result_matches_the_result_xsd(result_schema: etree.XMLSchema) -> 
 
 
 PARAMETER_TEXT = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")).filter(
-        lambda c: c not in "\ufffe\uffff"
-    ),
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")).filter(lambda c: c not in "\ufffe\uffff"),
     max_size=30,
 ).map(str.strip)
 
@@ -354,9 +347,7 @@ def test_queue_timeout_recovers_the_id_from_the_original_request(sample_envelope
 
 def test_queue_timeout_with_extension_items_and_http_framed_origin() -> None:
     origin_envelope = envelope_request("600000_Acme_zz")
-    origin = base64.b64encode(
-        b"POST /mminterface/request HTTP/1.1\r\nHost: x\r\n\r\n" + origin_envelope
-    ).decode()
+    origin = base64.b64encode(b"POST /mminterface/request HTTP/1.1\r\nHost: x\r\n\r\n" + origin_envelope).decode()
     body = (
         f'<soapenv:Envelope xmlns:soapenv="{SOAP}" xmlns:loc="{TIMEOUT_NS}" xmlns:res="{RESULT_NS}">'
         "<soapenv:Body><loc:notifyQueueTimeout>"
@@ -398,9 +389,7 @@ def test_queue_timeout_answer_has_the_v15_shape(sample_envelopes: Samples) -> No
 
     def shape(body: bytes) -> list[tuple[str, str]]:
         root = parse_untrusted(body)
-        answer = root.find(
-            f"{{{SOAP}}}Body/{{{TIMEOUT_NS}}}notifyQueueTimeoutResponse/{{{TIMEOUT_NS}}}result"
-        )
+        answer = root.find(f"{{{SOAP}}}Body/{{{TIMEOUT_NS}}}notifyQueueTimeoutResponse/{{{TIMEOUT_NS}}}result")
         assert answer is not None
         return [(node.tag, (node.text or "").strip()) for node in answer]
 

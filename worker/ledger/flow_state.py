@@ -34,6 +34,8 @@ _RANK = {"unreachable": 1, "funds": 2, "config": 3, "credential": 4}
 def already_open_for(row: BreakerRow, reason: str) -> bool:
     """True when opening for ``reason`` would change nothing: open for it or for a graver one."""
     return row.open and _RANK.get(reason, 0) <= _RANK.get(row.reason or "", 0)
+
+
 # Results that matched nothing, or not what was sent, prove nothing about the account (a forged callback):
 # those dispositions are left out.
 _RESULTS_AFTER = (

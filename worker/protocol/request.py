@@ -257,9 +257,7 @@ def build_envelope(
     """A SOAP 1.1 ``GenericAPIRequest``; header order spId, spPassword, serviceId, timeStamp."""
     envelope = etree.Element(f"{{{SOAP_ENV_NS}}}Envelope", nsmap={"soapenv": SOAP_ENV_NS, "req": REQUEST_NS})
     header = etree.SubElement(envelope, f"{{{SOAP_ENV_NS}}}Header")
-    soap_header = etree.SubElement(
-        header, f"{{{header_namespace}}}RequestSOAPHeader", nsmap={"tns": header_namespace}
-    )
+    soap_header = etree.SubElement(header, f"{{{header_namespace}}}RequestSOAPHeader", nsmap={"tns": header_namespace})
     for name, value in (
         ("spId", sp_id),
         ("spPassword", sp_password_digest),
