@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class B2CError(Exception):
     """Base of every error this package raises on purpose."""
@@ -42,3 +44,33 @@ class BrokerUnavailable(B2CError):
 
 class GatewayError(B2CError):
     """The M-PESA gateway client could not be set up (bad WSDL, certificate, TLS files)."""
+
+
+class UnknownPayout(LedgerError):
+    """A transition was asked for a payout id the ledger has never recorded."""
+
+    def __init__(self, payout_id: str) -> None:
+        super().__init__(f"no payout {payout_id!r} in the ledger")
+        self.payout_id = payout_id
+
+
+class TransitionRefused(LedgerError):
+    """The payout's current status does not allow the asked-for change (the status machine says no)."""
+
+    def __init__(self, payout_id: str, current: StrEnum, target: StrEnum) -> None:
+        super().__init__(f"payout {payout_id!r} cannot go from {current} to {target}")
+        self.payout_id = payout_id
+        self.current = current
+        self.target = target
+
+
+class PublishError(B2CError):
+    """The broker did not confirm a message: nacked, unroutable, or the connection failed twice."""
+
+
+class TopologyError(B2CError):
+    """A queue or exchange exists with other settings than ours, or is missing where it must exist."""
+
+
+class DeadError(B2CError):
+    """An operation on the dead letters or the quarantine that cannot be done as asked."""

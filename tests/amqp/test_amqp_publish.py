@@ -12,12 +12,11 @@ from amqp_helpers import Broker, kill_connection
 
 from worker.amqp import (
     ConfirmedPublisher,
-    PublishError,
-    TopologyError,
     declare_topology,
     follow_events,
     publish_commands,
 )
+from worker.errors import PublishError, TopologyError
 from worker.settings import AmqpSettings
 
 

@@ -13,13 +13,12 @@ import pytest
 from amqp_helpers import Broker, wait_for
 
 from worker.amqp import (
-    TopologyError,
     connect,
     dead_letters,
     declare_topology,
     queue_depth,
 )
-from worker.errors import B2CError, BrokerUnavailable
+from worker.errors import B2CError, BrokerUnavailable, TopologyError
 from worker.settings import AmqpSettings
 
 

@@ -19,6 +19,7 @@ import requests
 
 from tests.pipeline.conftest import Harness, harness_factory
 from worker import amqp
+from worker.errors import TopologyError
 from worker.ledger.flow_state import BreakerRow, FlowStore
 from worker.settings import Settings
 
@@ -69,7 +70,7 @@ def queued(settings: Settings) -> int:
             amqp.delay_queue_name(settings.amqp.command_queue, s) for s in settings.flow.retry_delays
         ]
         for name in names:
-            with contextlib.suppress(amqp.TopologyError):  # a tier is declared when first used
+            with contextlib.suppress(TopologyError):  # a tier is declared when first used
                 total += amqp.queue_depth(connection.channel(), name)
         return total
     finally:

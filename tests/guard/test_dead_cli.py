@@ -21,8 +21,9 @@ import pytest
 from tests.guard.conftest import TOKEN
 from tests.pipeline.conftest import Harness, declare
 from worker.amqp import MESSAGE_HEADER, REASON_HEADER
-from worker.cli.dead import REPLAYED_FROM_HEADER, DeadError, DeadQueue
+from worker.cli.dead import REPLAYED_FROM_HEADER, DeadQueue
 from worker.cli.main import build_parser
+from worker.errors import DeadError
 from worker.payouts.models import originator_conversation_id
 from worker.settings import Settings
 

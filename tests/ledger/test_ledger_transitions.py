@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 from ledger_helpers import Database, events, make_command, ocid
 
-from worker.errors import LedgerError
-from worker.ledger import Ledger, RecordOutcome, TransitionRefused, UnknownPayout
+from worker.errors import LedgerError, TransitionRefused, UnknownPayout
+from worker.ledger import Ledger, RecordOutcome
 from worker.payouts.models import PayoutStatus
 
 

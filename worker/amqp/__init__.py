@@ -31,7 +31,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from worker import metrics
-from worker.errors import B2CError, BrokerUnavailable
+from worker.errors import B2CError, BrokerUnavailable, PublishError, TopologyError
 from worker.settings import AmqpSettings, redact_url
 
 log = logging.getLogger(__name__)
@@ -64,14 +64,6 @@ class _NoReturnedBodies(logging.Filter):
 
 
 logging.getLogger("pika.adapters.blocking_connection").addFilter(_NoReturnedBodies())
-
-
-class PublishError(B2CError):
-    """The broker did not confirm a message: nacked, unroutable, or the connection failed twice."""
-
-
-class TopologyError(B2CError):
-    """A queue or exchange exists with other settings than ours, or is missing where it must exist."""
 
 
 # --- connecting --------------------------------------------------------------------------------------------

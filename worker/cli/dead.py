@@ -39,7 +39,7 @@ import pika
 import pika.exceptions
 
 from worker import amqp
-from worker.errors import B2CError, BrokerUnavailable
+from worker.errors import BrokerUnavailable, DeadError
 from worker.events.relay import OutboxRelay
 from worker.ledger import Ledger, QuarantinedResult, open_ledger
 from worker.payouts.models import extract_payout_id, normalise_msisdn
@@ -51,10 +51,6 @@ QUARANTINE_PREFIX = "q:"
 DEFAULT_SCAN = 10_000
 _VOLATILE_HEADERS = frozenset({amqp.DELIVERY_COUNT_HEADER})
 _MESSAGE_WIDTH = 60
-
-
-class DeadError(B2CError):
-    """An operation on the dead letters or the quarantine that cannot be done as asked."""
 
 
 # --- dead letters -----------------------------------------------------------------------------------------

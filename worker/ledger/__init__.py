@@ -27,8 +27,6 @@ from worker.ledger.model import (
     Recorded,
     RecordOutcome,
     ResultApplied,
-    TransitionRefused,
-    UnknownPayout,
 )
 from worker.ledger.postgres import PostgresEngine
 from worker.ledger.sqlite import SqliteEngine
@@ -52,8 +50,6 @@ __all__ = [
     "ResultApplied",
     "SqlLedger",
     "StatusQuery",
-    "TransitionRefused",
-    "UnknownPayout",
     "open_ledger",
     "status_query_id",
 ]

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from worker import metrics
-from worker.errors import ProtocolError
+from worker.errors import ProtocolError, UnknownPayout
 from worker.ledger.engine import Database, Row
 from worker.ledger.lookups import (
     FlagReason,
@@ -36,7 +36,7 @@ from worker.ledger.lookups import (
     StatusQuery,
     status_query_id,
 )
-from worker.ledger.model import ApplyOutcome, ResultApplied, UnknownPayout
+from worker.ledger.model import ApplyOutcome, ResultApplied
 from worker.payouts.models import FINAL_STATUSES, Payout, PayoutStatus, UnknownReason
 from worker.protocol.codes import normalise_code
 from worker.protocol.result import QueueTimeout, Result, parse_result_envelope

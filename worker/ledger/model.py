@@ -8,28 +8,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from worker.errors import LedgerError
 from worker.ledger.lookups import LookupState, LookupTask, QueueTimeoutApplied, StatusQuery
 from worker.payouts.models import Payout, PayoutCommand, PayoutStatus
 from worker.protocol.result import QueueTimeout, Result
-
-
-class UnknownPayout(LedgerError):
-    """A transition was asked for a payout id the ledger has never recorded."""
-
-    def __init__(self, payout_id: str) -> None:
-        super().__init__(f"no payout {payout_id!r} in the ledger")
-        self.payout_id = payout_id
-
-
-class TransitionRefused(LedgerError):
-    """The payout's current status does not allow the asked-for change (the status machine says no)."""
-
-    def __init__(self, payout_id: str, current: PayoutStatus, target: PayoutStatus) -> None:
-        super().__init__(f"payout {payout_id!r} cannot go from {current} to {target}")
-        self.payout_id = payout_id
-        self.current = current
-        self.target = target
 
 
 class RecordOutcome(StrEnum):

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic
 
 from worker import metrics
-from worker.errors import B2CError, InvalidCommand, LedgerError
+from worker.errors import B2CError, InvalidCommand, LedgerError, TransitionRefused, UnknownPayout
 from worker.ledger import quarantine
 from worker.ledger.engine import C, Database, Engine, Row, Session
 from worker.ledger.lookup_store import LookupStore
@@ -28,8 +28,6 @@ from worker.ledger.model import (
     Recorded,
     RecordOutcome,
     ResultApplied,
-    TransitionRefused,
-    UnknownPayout,
 )
 from worker.ledger.schema import migrate
 from worker.payouts.matching import REASON_UNKNOWN_PAYOUT, mismatches
