@@ -17,7 +17,7 @@ from worker.logs import ScrubFilter
 from worker.payouts.matching import mismatches, msisdn_agrees
 from worker.payouts.models import CommandId, Payout, PayoutCommand, PayoutStatus, originator_conversation_id
 from worker.protocol.result import Result, build_result_envelope, parse_result_envelope
-from worker.receiver import urls
+from worker.gateway import callback_urls
 from worker.receiver.guard import ReceiverGuard, client_address, parse_address
 from worker.settings import DEMO_CALLBACK_TOKEN, Settings, load_settings
 
@@ -37,11 +37,11 @@ def test_the_token_is_appended_to_both_callback_paths_and_the_gateway_sends_them
         B2C_RESULT_URL="https://payer.example/mpesa/result/?x=1",
         B2C_QUEUE_TIMEOUT_URL="https://payer.example/mpesa/timeout",
     )
-    assert urls.result_url(settings) == f"https://payer.example/mpesa/result/{TOKEN}?x=1"
-    assert urls.queue_timeout_url(settings) == f"https://payer.example/mpesa/timeout/{TOKEN}"
-    mpesa = urls.gateway_mpesa(settings)
-    assert mpesa.result_url == urls.result_url(settings)
-    assert mpesa.queue_timeout_url == urls.queue_timeout_url(settings)
+    assert callback_urls.result_url(settings) == f"https://payer.example/mpesa/result/{TOKEN}?x=1"
+    assert callback_urls.queue_timeout_url(settings) == f"https://payer.example/mpesa/timeout/{TOKEN}"
+    mpesa = callback_urls.gateway_mpesa(settings)
+    assert mpesa.result_url == callback_urls.result_url(settings)
+    assert mpesa.queue_timeout_url == callback_urls.queue_timeout_url(settings)
     assert settings.mpesa.result_url.endswith("/result/?x=1"), "the configured URL itself is not changed"
     guard = ReceiverGuard(settings)
     assert guard.result_path == f"/mpesa/result/{TOKEN}"
@@ -53,7 +53,7 @@ def test_the_token_is_appended_to_both_callback_paths_and_the_gateway_sends_them
 
 
 def test_a_logged_callback_url_never_shows_the_token(tmp_path: Path) -> None:
-    url = urls.result_url(_settings(tmp_path))
+    url = callback_urls.result_url(_settings(tmp_path))
     record = logging.LogRecord("gateway", logging.INFO, __file__, 1, "sending with ResultURL %s", (url,), None)
     ScrubFilter().filter(record)
     assert TOKEN not in record.getMessage()

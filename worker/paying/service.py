@@ -28,7 +28,7 @@ from worker.ledger.flow_state import FlowStore
 from worker.ledger.gauges import GAUGE_INTERVAL, update_ledger_gauges
 from worker.paying.handler import PayoutProcessor
 from worker.paying.lookups import Reconciler
-from worker.receiver import urls
+from worker.gateway import callback_urls
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ class WorkerService:
         metrics.BUILD_INFO.info({"version": __version__})
         metrics.PREFETCH.set(settings.amqp.prefetch)
         self.ledger = open_ledger(settings.ledger)
-        # What M-PESA calls back on: the configured URLs plus the secret token (worker.receiver.urls).
-        self.gateway = Gateway(urls.gateway_mpesa(settings))
+        # What M-PESA calls back on: the configured URLs plus the secret token (worker.gateway.callback_urls).
+        self.gateway = Gateway(callback_urls.gateway_mpesa(settings))
         self.relay = relay_for(settings, self.ledger)
         # Circuit breaker + rate limit on every gateway request (worker.flow.control), shared with the other replicas
         # through the ledger's database; "not processed" commands wait in delay queues (worker.flow.deferral).

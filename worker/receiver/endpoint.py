@@ -39,7 +39,7 @@ _TIMEOUT_INTERNAL_ERROR = build_queue_timeout_response("200000003", "Internal Se
 class CallbackReceiver:
     """WSGI app serving the ResultURL path, the QueueTimeoutURL path, ``/healthz`` and ``/metrics``.
 
-    The callback paths are the configured ones plus the secret token (:mod:`worker.receiver.urls`); a
+    The callback paths are the configured ones plus the secret token (:mod:`worker.gateway.callback_urls`); a
     request elsewhere, or from outside the allowed networks, is refused before its body is read.
     """
 

@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from typing import Any
 
 from worker.logs import register_secret
-from worker.receiver import urls
+from worker.gateway import callback_urls
 from worker.settings import DEMO_CALLBACK_TOKEN, Settings
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,10 @@ class ReceiverGuard:
         receiver = settings.receiver
         token = receiver.callback_token.reveal()
         register_secret(token)
-        self.result_path = urls.result_path(settings)
-        self.queue_timeout_path = urls.queue_timeout_path(settings)
-        self.result_base = urls.base_path(settings.mpesa.result_url)
-        self.queue_timeout_base = urls.base_path(settings.mpesa.queue_timeout_url)
+        self.result_path = callback_urls.result_path(settings)
+        self.queue_timeout_path = callback_urls.queue_timeout_path(settings)
+        self.result_base = callback_urls.base_path(settings.mpesa.result_url)
+        self.queue_timeout_base = callback_urls.base_path(settings.mpesa.queue_timeout_url)
         self._allowed = receiver.allowed_networks
         self._trusted = receiver.trusted_proxies
         if hmac.compare_digest(token, DEMO_CALLBACK_TOKEN):
