@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from worker.cli.dead import message_key
+from worker.gateway import callback_urls
 from worker.logs import ScrubFilter
 from worker.payouts.matching import mismatches, msisdn_agrees
 from worker.payouts.models import CommandId, Payout, PayoutCommand, PayoutStatus, originator_conversation_id
 from worker.protocol.result import Result, build_result_envelope, parse_result_envelope
-from worker.gateway import callback_urls
 from worker.receiver.guard import ReceiverGuard, client_address, parse_address
 from worker.settings import DEMO_CALLBACK_TOKEN, Settings, load_settings
 

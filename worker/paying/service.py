@@ -21,6 +21,7 @@ from worker.errors import B2CError
 from worker.events.relay import relay_for
 from worker.flow.control import FlowControl
 from worker.flow.deferral import Deferrer
+from worker.gateway import callback_urls
 from worker.gateway.g2 import Gateway
 from worker.httpserver import RunningServer, start_server
 from worker.ledger import open_ledger
@@ -28,7 +29,6 @@ from worker.ledger.flow_state import FlowStore
 from worker.ledger.gauges import GAUGE_INTERVAL, update_ledger_gauges
 from worker.paying.handler import PayoutProcessor
 from worker.paying.lookups import Reconciler
-from worker.gateway import callback_urls
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)

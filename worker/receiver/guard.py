@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
-from worker.logs import register_secret
 from worker.gateway import callback_urls
+from worker.logs import register_secret
 from worker.settings import DEMO_CALLBACK_TOKEN, Settings
 
 log = logging.getLogger(__name__)
