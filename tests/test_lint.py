@@ -1,4 +1,4 @@
-"""ruff and mypy are part of the suite, so the README's one test command also proves the code is clean."""
+"""ruff (lint, format) and mypy are in the suite, so the README's one test command also proves the code is clean."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ def _run(*command: str) -> subprocess.CompletedProcess[str]:
 def test_ruff_is_clean() -> None:
     targets = [name for name in ("worker", "tests", "bench", "ops") if (ROOT / name).is_dir()]
     result = _run(str(BIN / "ruff"), "check", *targets)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_clean() -> None:
+    result = _run(str(BIN / "ruff"), "format", "--check", ".")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

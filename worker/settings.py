@@ -287,7 +287,7 @@ class _Env:
         return value
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:  # noqa: C901 - a flat list of independent checks, one per setting
     """Read and validate every setting; raise ConfigError naming the first bad variable."""
     env = _Env(os.environ if environ is None else environ)
     if not env.boolean("B2C_DEMO_DEFAULTS", True):

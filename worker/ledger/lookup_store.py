@@ -405,7 +405,7 @@ class LookupStore:
         log.info("payout %s: %s", payout.payout_id, note)
         return ResultApplied(ApplyOutcome.STATUS_ANSWER, payout)
 
-    def _decide(
+    def _decide(  # noqa: C901 - money path: one branch per verdict, guards first, in one reviewed order
         self,
         work: _Work[Any],
         payout: Payout,

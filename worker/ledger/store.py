@@ -447,7 +447,7 @@ class SqlLedger(quarantine.QuarantineQueries, LookupStore, Generic[C]):
             quarantine.resolve(work.session, work.now, quarantine_id, QuarantineState.RELEASED, note)
             return applied
 
-    def _apply_result(
+    def _apply_result(  # noqa: C901 - money path: match, verify, then one branch per outcome, in one reviewed order
         self, work: _Work[C], raw: bytes, result: Result, *, verify: bool = True, confirm_success: bool = False
     ) -> ResultApplied:
         answered = self._apply_status_answer(work, raw, result)
