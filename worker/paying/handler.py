@@ -24,7 +24,7 @@ from worker.amqp import Ack, DeadLetter, Delivery, Disposition, Requeue
 from worker.errors import B2CError, InvalidCommand, ProtocolError
 from worker.flow.control import FlowControl
 from worker.flow.deferral import Deferrer, GiveUp, Hold
-from worker.gateway.g2 import REASON_UNPARSABLE, GatewayAnswer
+from worker.gateway.g2 import AttemptReason, GatewayAnswer
 from worker.ledger import Ledger, RecordOutcome
 from worker.payouts.models import (
     Payout,
@@ -214,7 +214,7 @@ class PayoutProcessor:
                 message=f"M-PESA refused the request with ResponseCode {response.code}: {response.description}",
             )
         elif answer.outcome is ResponseOutcome.UNKNOWN:
-            answered = response is not None or answer.reason == REASON_UNPARSABLE
+            answered = response is not None or answer.reason == AttemptReason.UNPARSABLE
             reason = UnknownReason.UNRECOGNISED_RESPONSE if answered else UnknownReason.NO_RESPONSE
             log.warning(
                 "payout %s: outcome unknown (%s); it stays unknown until looked up",
