@@ -6,7 +6,7 @@ breaker (:mod:`worker.flow.breaker`) and then waits for its rate-limit slot (:mo
 answer feeds both: connection failures and account conditions open the breaker, throttling answers slow the
 shared rate down, accepted requests speed it up again.
 
-A status query built on another Gateway (the reconciler) gets the same pacing by passing this object as
+A status query sent through another Gateway gets the same pacing by passing this object as
 that Gateway's ``observer``, or by calling :meth:`FlowControl.before_attempt` / ``after_attempt`` itself.
 """
 
