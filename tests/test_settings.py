@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from worker.settings import (
     DEMO_DEFAULTED,
     HEADER_NS_OSG,
     HEADER_NS_XSD,
+    RENAMED,
     Secret,
     load_settings,
     redact_url,
@@ -154,3 +156,50 @@ def test_secret_values_cover_credentials_token_and_url_passwords() -> None:
         "amqp@pw",
         "db-pw",
     }
+
+
+LOOKUP_VALUES = {
+    "B2C_LOOKUP_AFTER_SECONDS": "7",
+    "B2C_LOOKUP_INTERVAL_SECONDS": "11",
+    "B2C_LOOKUP_MAX_ATTEMPTS": "3",
+    "B2C_LOOKUP_MAX_SECONDS": "120",
+}
+LOOKUP_READ = (7.0, 11.0, 3, 120.0)
+
+
+def _lookup(environ: dict[str, str]) -> tuple[float, float, int, float]:
+    lookup = load_settings(environ).lookup
+    return (lookup.unknown_after, lookup.interval, lookup.max_attempts, lookup.max_seconds)
+
+
+def test_lookup_settings_are_read_under_their_names(recwarn: pytest.WarningsRecorder) -> None:
+    assert _lookup(LOOKUP_VALUES) == LOOKUP_READ
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
+
+
+def test_the_old_lookup_names_still_work_and_warn(caplog: pytest.LogCaptureFixture) -> None:
+    old_names = {old: LOOKUP_VALUES[new] for old, new in RENAMED.items()}
+    with caplog.at_level(logging.WARNING, logger="worker.settings"), pytest.warns(DeprecationWarning) as warned:
+        assert _lookup(old_names) == LOOKUP_READ
+    for old, new in RENAMED.items():
+        assert any(old in str(w.message) and new in str(w.message) for w in warned), old
+        assert any(old in line and new in line for line in caplog.messages), old
+
+
+def test_the_new_lookup_name_wins_when_both_say_the_same() -> None:
+    with pytest.warns(DeprecationWarning, match="B2C_RESOLVE_MAX_ATTEMPTS"):
+        settings = load_settings({"B2C_RESOLVE_MAX_ATTEMPTS": "3", "B2C_LOOKUP_MAX_ATTEMPTS": "3"})
+    assert settings.lookup.max_attempts == 3
+
+
+@pytest.mark.parametrize(("old", "new"), RENAMED.items())
+def test_old_and_new_lookup_names_that_disagree_are_an_error(old: str, new: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({old: "4", new: "3"})
+    assert caught.value.variable == new
+    assert old in str(caught.value)
+
+
+def test_an_empty_old_lookup_name_counts_as_unset(recwarn: pytest.WarningsRecorder) -> None:
+    assert load_settings({"B2C_RESOLVE_MAX_ATTEMPTS": "", "B2C_LOOKUP_MAX_ATTEMPTS": "3"}).lookup.max_attempts == 3
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]

@@ -67,7 +67,7 @@ UNKNOWN_SECONDS = Histogram(
 QUEUE_DEPTH = Gauge("mpesa_b2c_command_queue_depth", "Messages ready in the command queue")
 PREFETCH = Gauge("mpesa_b2c_consumer_prefetch", "Prefetch count of this worker's consumer")
 DEAD_LETTERS = Counter("mpesa_b2c_dead_letters_total", "Commands copied to the dead-letter queue", ["reason"])
-# Resolving unknowns and finding lost results (worker.paying.lookups, worker.ledger.lookup_store).
+# Looking up unknowns and lost results (worker.paying.lookups, worker.ledger.lookup_store).
 LOOKUPS = Counter(
     "mpesa_b2c_lookups_total",
     "Lookups of payouts in doubt (a status query, or a resend with the same id), by trigger and action",

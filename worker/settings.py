@@ -9,7 +9,9 @@ instead of paying from the demo shortcode or keeping its ledger in a pod-local S
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta, timezone, tzinfo
@@ -22,6 +24,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from worker.errors import ConfigError
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 NAIROBI = timezone(timedelta(hours=3), "EAT")  # Kenya keeps no daylight saving time
 HEADER_NS_OSG = "http://www.huawei.com/schema/osg/common/v2_1"
@@ -44,6 +48,13 @@ DEMO_DEFAULTED = (
     "B2C_DATABASE_URL",
     "B2C_CALLBACK_TOKEN",
 )
+# Old name -> new name. The old names still work, with a warning, so a deployment can move at its own pace.
+RENAMED = {
+    "B2C_RESOLVE_AFTER_SECONDS": "B2C_LOOKUP_AFTER_SECONDS",
+    "B2C_RESOLVE_INTERVAL_SECONDS": "B2C_LOOKUP_INTERVAL_SECONDS",
+    "B2C_RESOLVE_MAX_ATTEMPTS": "B2C_LOOKUP_MAX_ATTEMPTS",
+    "B2C_RESOLVE_MAX_SECONDS": "B2C_LOOKUP_MAX_SECONDS",
+}
 
 
 class Secret:
@@ -133,7 +144,7 @@ class SimulatorSettings:
 
 
 @dataclass(frozen=True)
-class ReconcileSettings:
+class LookupSettings:
     """When and how long unknown outcomes and missing results are looked up (never turned into failures)."""
 
     unknown_after: float
@@ -171,7 +182,7 @@ class Settings:
     amqp: AmqpSettings
     ledger: LedgerSettings
     simulator: SimulatorSettings
-    reconcile: ReconcileSettings
+    lookup: LookupSettings
     flow: FlowSettings
     receiver: ReceiverSettings
     data_dir: Path
@@ -287,9 +298,26 @@ class _Env:
         return value
 
 
+def _renamed(environ: Mapping[str, str]) -> Mapping[str, str]:
+    """``environ`` with every deprecated name read as its new one (the new one wins; a conflict is an error)."""
+    values = dict(environ)
+    for old, new in RENAMED.items():
+        value = environ.get(old)
+        if not value:
+            continue
+        current = environ.get(new)
+        if current and current != value:
+            raise ConfigError(new, f"is {current!r} but the deprecated {old} says {value!r}: set only {new}")
+        message = f"{old} is deprecated and will be removed: set {new} instead"
+        warnings.warn(message, DeprecationWarning, stacklevel=3)
+        log.warning(message)
+        values[new] = current or value
+    return values
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:  # noqa: C901 - a flat list of independent checks, one per setting
     """Read and validate every setting; raise ConfigError naming the first bad variable."""
-    env = _Env(os.environ if environ is None else environ)
+    env = _Env(_renamed(os.environ if environ is None else environ))
     if not env.boolean("B2C_DEMO_DEFAULTS", True):
         missing = [name for name in DEMO_DEFAULTED if env.optional(name) is None]
         if missing:
@@ -371,11 +399,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:  # noqa
         private_key_path=env.path("B2C_SIM_PRIVATE_KEY", None, must_exist=True),
         initial_balance=env.decimal("B2C_SIM_BALANCE", "10000000"),
     )
-    reconcile = ReconcileSettings(
-        unknown_after=env.number("B2C_RESOLVE_AFTER_SECONDS", 30.0, minimum=0.0),
-        interval=env.number("B2C_RESOLVE_INTERVAL_SECONDS", 60.0, minimum=0.1),
-        max_attempts=env.integer("B2C_RESOLVE_MAX_ATTEMPTS", 5),
-        max_seconds=env.number("B2C_RESOLVE_MAX_SECONDS", 3600.0, minimum=1.0),
+    lookup = LookupSettings(
+        unknown_after=env.number("B2C_LOOKUP_AFTER_SECONDS", 30.0, minimum=0.0),
+        interval=env.number("B2C_LOOKUP_INTERVAL_SECONDS", 60.0, minimum=0.1),
+        max_attempts=env.integer("B2C_LOOKUP_MAX_ATTEMPTS", 5),
+        max_seconds=env.number("B2C_LOOKUP_MAX_SECONDS", 3600.0, minimum=1.0),
         result_timeout=env.number("B2C_RESULT_TIMEOUT_SECONDS", 300.0, minimum=0.1),
         confirm_success=env.boolean("B2C_CONFIRM_SUCCESS", False),
     )
@@ -403,7 +431,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:  # noqa
         amqp=amqp,
         ledger=ledger,
         simulator=simulator,
-        reconcile=reconcile,
+        lookup=lookup,
         flow=flow,
         receiver=receiver,
         data_dir=data_dir,

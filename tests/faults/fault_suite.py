@@ -36,12 +36,12 @@ from worker.settings import Settings
 from worker.simulator import RunningSimulator, SimulatorOptions
 from worker.simulator.scenarios import SCENARIOS, Scenario
 
-# Tight reconcile and flow timings: every lookup, resend and probe happens within seconds.
+# Tight lookup and flow timings: every lookup, resend and probe happens within seconds.
 FAST_ENV = {
-    "B2C_RESOLVE_AFTER_SECONDS": "0.3",
-    "B2C_RESOLVE_INTERVAL_SECONDS": "0.5",
-    "B2C_RESOLVE_MAX_ATTEMPTS": "4",
-    "B2C_RESOLVE_MAX_SECONDS": "20",
+    "B2C_LOOKUP_AFTER_SECONDS": "0.3",
+    "B2C_LOOKUP_INTERVAL_SECONDS": "0.5",
+    "B2C_LOOKUP_MAX_ATTEMPTS": "4",
+    "B2C_LOOKUP_MAX_SECONDS": "20",
     "B2C_RESULT_TIMEOUT_SECONDS": "1",
     "B2C_READ_TIMEOUT": "1",
     "B2C_CONNECT_TIMEOUT": "1",

@@ -193,10 +193,10 @@ def test_an_orphaned_send_redelivered_while_the_breaker_is_open_sends_nothing_th
 
     The resend goes through the same gate as every request: nothing reaches the gateway while the breaker is
     open. Being held says nothing about what the dead worker's send did, so the payout becomes ``unknown``
-    (never ``received`` or ``rejected``), and once the breaker closes the reconciler pays it once, under its
+    (never ``received`` or ``rejected``), and once the breaker closes the lookup runner pays it once, under its
     original id.
     """
-    h = harness_factory(SimulatorOptions(result_delay=0.05), **{**FAST, "B2C_RESOLVE_AFTER_SECONDS": "0.5"})
+    h = harness_factory(SimulatorOptions(result_delay=0.05), **{**FAST, "B2C_LOOKUP_AFTER_SECONDS": "0.5"})
     worker, settings = _worker(h), h.settings
     payout_id, ocid, redelivered = _interrupted_send(h, "orphan")
 
@@ -224,8 +224,8 @@ def test_a_busy_answer_to_the_resend_of_an_interrupted_send_leaves_it_unknown(
     harness_factory: Callable[..., Harness],
 ) -> None:
     """'Busy' says the resend was not processed, not that the dead worker's first send was not: the payout
-    becomes ``unknown`` (not ``received``, not a delivery-limit rejection) and the reconciler finishes it."""
-    h = harness_factory(SimulatorOptions(result_delay=0.05), **{**FAST, "B2C_RESOLVE_AFTER_SECONDS": "0.5"})
+    becomes ``unknown`` (not ``received``, not a delivery-limit rejection) and the lookup runner finishes it."""
+    h = harness_factory(SimulatorOptions(result_delay=0.05), **{**FAST, "B2C_LOOKUP_AFTER_SECONDS": "0.5"})
     worker = _worker(h)
     payout_id, ocid, redelivered = _interrupted_send(h, "busy-orphan")
 
@@ -235,6 +235,6 @@ def test_a_busy_answer_to_the_resend_of_an_interrupted_send_leaves_it_unknown(
     assert payout is not None and payout.status is PayoutStatus.UNKNOWN
     Sim(h).fault(None)
 
-    h.events.wait_for(lambda e: len(e.of("payout.completed")) == 1, 30, "the orphan paid by the reconciler")
+    h.events.wait_for(lambda e: len(e.of("payout.completed")) == 1, 30, "the orphan paid by a lookup resend")
     assert h.paid_by_originator() == {ocid: 1}
     assert not h.events.of("payout.failed") and not h.events.of("payout.rejected")

@@ -14,8 +14,8 @@ from decimal import Decimal
 
 import pytest
 
-from worker.flow.breaker import HOLD_BREAKER, HOLD_CREDENTIAL, CircuitBreaker
-from worker.gateway.g2 import REASON_CONNECTION_REFUSED, REASON_RESPONSE_CODE
+from worker.flow.breaker import CircuitBreaker
+from worker.gateway.g2 import AttemptReason, HoldReason
 from worker.ledger import Ledger, open_ledger
 from worker.ledger.flow_state import FlowStore
 from worker.payouts.models import CommandId, PayoutCommand, originator_conversation_id
@@ -88,7 +88,7 @@ def test_one_request_proves_the_credential_before_the_others_go(rig: Rig) -> Non
     breaker = rig.make()
     first, second = rig.payout("c-1"), rig.payout("c-2")
     assert breaker.gate(PAY, first) is None, "the canary goes"
-    assert breaker.gate(PAY, second) == HOLD_CREDENTIAL, "the others wait for its result (bounded)"
+    assert breaker.gate(PAY, second) == HoldReason.CREDENTIAL_UNPROVEN, "the others wait for its result (bounded)"
     rig.result(first, "0")
     assert breaker.gate(PAY, second) is None
     assert breaker.describe()["credential_proven"] is True
@@ -99,11 +99,11 @@ def test_a_credential_failure_of_the_canary_opens_the_breaker_for_everyone(rig: 
     breaker, other_process = rig.make(), rig.make()
     first = rig.payout("k-1")
     assert breaker.gate(PAY, first) is None
-    assert other_process.gate(PAY, rig.payout("k-2")) == HOLD_CREDENTIAL, "one canary fleet-wide"
+    assert other_process.gate(PAY, rig.payout("k-2")) == HoldReason.CREDENTIAL_UNPROVEN, "one canary fleet-wide"
     rig.result(first, "18")
-    assert breaker.gate(PAY, rig.payout("k-3")) == HOLD_BREAKER
-    assert other_process.gate(PAY, rig.payout("k-4")) == HOLD_BREAKER
-    assert other_process.gate("TransactionStatusQuery", "query-1") == HOLD_BREAKER, "queries carry it too"
+    assert breaker.gate(PAY, rig.payout("k-3")) == HoldReason.BREAKER_OPEN
+    assert other_process.gate(PAY, rig.payout("k-4")) == HoldReason.BREAKER_OPEN
+    assert other_process.gate("TransactionStatusQuery", "query-1") == HoldReason.BREAKER_OPEN, "queries carry it too"
     row = rig.store.breaker(KEY)
     assert row.open and (row.reason, row.code) == ("credential", "18")
     time.sleep(0.5)  # several probe intervals: no probe exists for a credential condition
@@ -116,7 +116,7 @@ def test_a_canary_that_finds_the_account_empty_opens_the_breaker_before_the_othe
     canary, waiting = rig.payout("e-1"), rig.payout("e-2")
     assert breaker.gate(PAY, canary) is None
     rig.result(canary, "1")
-    assert breaker.gate(PAY, waiting) == HOLD_BREAKER
+    assert breaker.gate(PAY, waiting) == HoldReason.BREAKER_OPEN
     row = rig.store.breaker(KEY)
     assert row.open and (row.reason, row.code) == ("funds", "1")
     assert breaker.describe()["credential_proven"] is True
@@ -147,8 +147,10 @@ def test_a_funds_probe_is_the_one_send_and_its_success_closes_the_breaker(rig: R
     assert breaker.tick().accepting, "a probe is due: take a command"
     probe, other = rig.payout("p-1"), rig.payout("p-2")
     assert breaker.gate(PAY, probe) is None
-    assert breaker.gate(PAY, other) == HOLD_BREAKER
-    assert breaker.gate("TransactionStatusQuery", "query-1") == HOLD_BREAKER, "not before the credential is proven"
+    assert breaker.gate(PAY, other) == HoldReason.BREAKER_OPEN
+    assert breaker.gate("TransactionStatusQuery", "query-1") == HoldReason.BREAKER_OPEN, (
+        "not before the credential is proven"
+    )
     assert not breaker.tick().accepting, "probe in flight: take nothing"
     rig.result(probe, "1")  # still no money (and the credential works)
     assert not breaker.tick().accepting
@@ -169,12 +171,12 @@ def test_consecutive_connection_failures_open_it_and_a_tcp_probe_closes_it(rig: 
     port = listener.getsockname()[1]
     breaker = rig.make(gateway_url=f"http://127.0.0.1:{port}/mminterface/request")
     for n in range(2):
-        breaker.record(PAY, f"u-{n}", ResponseOutcome.RETRY_LATER, REASON_CONNECTION_REFUSED, None)
-    breaker.record(PAY, "u-x", ResponseOutcome.ACCEPTED, REASON_RESPONSE_CODE, "0")  # an answer resets the count
+        breaker.record(PAY, f"u-{n}", ResponseOutcome.RETRY_LATER, AttemptReason.CONNECTION_REFUSED, None)
+    breaker.record(PAY, "u-x", ResponseOutcome.ACCEPTED, AttemptReason.RESPONSE_CODE, "0")  # an answer resets the count
     for n in range(2):
-        breaker.record(PAY, f"u-{n}", ResponseOutcome.RETRY_LATER, REASON_CONNECTION_REFUSED, None)
+        breaker.record(PAY, f"u-{n}", ResponseOutcome.RETRY_LATER, AttemptReason.CONNECTION_REFUSED, None)
     assert not rig.store.breaker(KEY).open
-    breaker.record(PAY, "u-3", ResponseOutcome.RETRY_LATER, REASON_CONNECTION_REFUSED, None)
+    breaker.record(PAY, "u-3", ResponseOutcome.RETRY_LATER, AttemptReason.CONNECTION_REFUSED, None)
     assert rig.store.breaker(KEY).reason == "unreachable"
     time.sleep(0.25)
     assert not breaker.tick().accepting, "nothing listens yet: still unreachable"
@@ -188,7 +190,7 @@ def test_consecutive_connection_failures_open_it_and_a_tcp_probe_closes_it(rig: 
 
 def test_sync_authentication_failure_opens_it_at_once(rig: Rig) -> None:
     breaker = rig.make()
-    breaker.record(PAY, "a-1", ResponseOutcome.REJECTED, REASON_RESPONSE_CODE, "100000007")
+    breaker.record(PAY, "a-1", ResponseOutcome.REJECTED, AttemptReason.RESPONSE_CODE, "100000007")
     row = rig.store.breaker(KEY)
     assert row.open and (row.reason, row.code) == ("credential", "100000007")
     assert breaker.describe()["action"].startswith("fix or unlock the credential")

@@ -16,11 +16,11 @@ from worker.settings import Settings
 __all__ = ["harness_factory"]
 
 # Tight timings so every lookup happens within a test's few seconds.
-FAST_RECONCILE = {
-    "B2C_RESOLVE_AFTER_SECONDS": "0.2",
-    "B2C_RESOLVE_INTERVAL_SECONDS": "0.5",
-    "B2C_RESOLVE_MAX_ATTEMPTS": "4",
-    "B2C_RESOLVE_MAX_SECONDS": "30",
+FAST_LOOKUPS = {
+    "B2C_LOOKUP_AFTER_SECONDS": "0.2",
+    "B2C_LOOKUP_INTERVAL_SECONDS": "0.5",
+    "B2C_LOOKUP_MAX_ATTEMPTS": "4",
+    "B2C_LOOKUP_MAX_SECONDS": "30",
     "B2C_RESULT_TIMEOUT_SECONDS": "0.5",
     "B2C_READ_TIMEOUT": "1",
 }
@@ -63,7 +63,7 @@ def prove_credential(h: Harness) -> None:
     initiator credential; everything else is held back. These tests hold payment results back for 30 s, so a
     payment canary would stall every lookup for the canary's lease. The warm-up is an ``unknown`` payout the
     simulator never saw, put straight into the worker's ledger: its status query is the canary, its answer
-    (49) the proof. The reconciler then resends and pays it in the background; tests leave it out.
+    (49) the proof. The lookup runner then resends and pays it in the background; tests leave it out.
     """
     worker = h.stack.worker
     assert worker is not None

@@ -94,7 +94,7 @@ def test_unknown_is_due_after_the_delay_and_claimed_once(ledger: Ledger) -> None
         0,
         None,
     )
-    assert payout_id not in due(ledger), "a claimed payout is leased to its reconciler"
+    assert payout_id not in due(ledger), "a claimed payout is leased to its lookup runner"
 
 
 def test_accepted_without_result_is_due_after_the_result_timeout(ledger: Ledger) -> None:

@@ -1,7 +1,7 @@
 """Resolving unknowns and finding lost results end to end: worker, receiver, simulator, both ledger engines.
 
 The simulator holds every *payment* result back for 30 s (past each test), while status query answers come
-at once: whatever settles these payouts is the reconciler's lookup, not the payment's own callback.
+at once: whatever settles these payouts is a lookup, not the payment's own callback.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from tests.pipeline.conftest import Harness
-from tests.reconcile.conftest import FAST_RECONCILE, prove_credential, warmup_ocid
+from tests.reconcile.conftest import FAST_LOOKUPS, prove_credential, warmup_ocid
 from tests.reconcile.fault_proxy import FaultProxy, all_of, first_payments_of, is_status_query, wait_until
 from worker.payouts.models import originator_conversation_id
 from worker.simulator import SimulatorOptions
@@ -50,7 +50,7 @@ def final(h: Harness, payout_id: str) -> dict[str, Any] | None:
 
 
 def test_transport_faults_and_a_lost_result_are_resolved_by_lookup(harness_factory: Callable[..., Harness]) -> None:
-    h = harness_factory(LOOKUPS_ONLY, **FAST_RECONCILE)
+    h = harness_factory(LOOKUPS_ONLY, **FAST_LOOKUPS)
     prove_credential(h)
     unknown_ones = {
         "slow": "254700000001",
@@ -82,7 +82,7 @@ def test_transport_faults_and_a_lost_result_are_resolved_by_lookup(harness_facto
 
 
 def test_cached_request_that_timed_out_is_resent_with_the_same_id(harness_factory: Callable[..., Harness]) -> None:
-    h = harness_factory(LOOKUPS_ONLY, **FAST_RECONCILE)
+    h = harness_factory(LOOKUPS_ONLY, **FAST_LOOKUPS)
     prove_credential(h)
     before = REGISTRY.get_sample_value("mpesa_b2c_queue_timeouts_total") or 0.0
     h.publish([command("cached", "254700000005")])
@@ -105,7 +105,7 @@ def test_a_lost_request_is_found_missing_and_resent_once(
     proxies: Callable[..., FaultProxy], harness_factory: Callable[..., Harness]
 ) -> None:
     proxy = proxies(first_payments_of(originator_conversation_id("600000", "mpesab2c", "lost")))
-    h = harness_factory(LOOKUPS_ONLY, gateway_url=proxy.attach, **FAST_RECONCILE)
+    h = harness_factory(LOOKUPS_ONLY, gateway_url=proxy.attach, **FAST_LOOKUPS)
     prove_credential(h)
     h.publish([command("lost", "254712000001")])
     h.events.wait_for(lambda e: final(h, "lost") is not None, 30, "the lost payout final")
@@ -126,7 +126,7 @@ def test_an_unknown_nobody_can_resolve_is_flagged_and_never_failed(
     proxies: Callable[..., FaultProxy], harness_factory: Callable[..., Harness]
 ) -> None:
     proxy = proxies(all_of(originator_conversation_id("600000", "mpesab2c", "void")), hold=1.5)
-    env = {**FAST_RECONCILE, "B2C_RESOLVE_MAX_ATTEMPTS": "3"}
+    env = {**FAST_LOOKUPS, "B2C_LOOKUP_MAX_ATTEMPTS": "3"}
     h = harness_factory(LOOKUPS_ONLY, gateway_url=proxy.attach, **env)
     prove_credential(h)
     h.publish([command("void", "254712000002")])
@@ -151,7 +151,7 @@ def test_confirm_success_publishes_completed_only_after_a_status_query(
     h = harness_factory(
         SimulatorOptions(result_delay=0.05),
         B2C_CONFIRM_SUCCESS="true",
-        **{**FAST_RECONCILE, "B2C_RESULT_TIMEOUT_SECONDS": "60"},
+        **{**FAST_LOOKUPS, "B2C_RESULT_TIMEOUT_SECONDS": "60"},
     )
     h.publish([command("confirmed", "254712000003")])
     h.events.wait_for(lambda e: final(h, "confirmed") is not None, 30, "completion")

@@ -15,7 +15,7 @@ import socket
 from typing import Any
 
 from worker.flow.breaker import describe
-from worker.ledger.flow_state import FlowStore
+from worker.ledger.flow_state import BreakerReason, FlowStore
 from worker.settings import Settings
 
 
@@ -25,7 +25,8 @@ def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
         key = settings.mpesa.shortcode
         if args.action == "close":
             who = f"operator {getpass.getuser()}@{socket.gethostname()}"
-            closed = store.close_breaker(key, by=who, reason=args.reason)
+            reason = None if args.reason is None else BreakerReason(args.reason)
+            closed = store.close_breaker(key, by=who, reason=reason)
             if closed is not None:
                 print(f"circuit breaker of shortcode {key} closed: the workers take commands again")
             else:
@@ -46,7 +47,7 @@ def add_breaker_parser(sub: Any) -> None:
     p = actions.add_parser("close", help="resume sending (after fixing the credential, or funding the account)")
     p.add_argument(
         "--reason",
-        choices=("unreachable", "funds", "credential", "config"),
+        choices=[str(reason) for reason in BreakerReason],
         help="close only if it is open for this reason",
     )
     p.set_defaults(func=cmd_breaker, reason=None)

@@ -46,14 +46,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from worker import metrics
 from worker.errors import B2CError
-from worker.gateway.g2 import NOT_SENT_REASONS
-from worker.ledger.flow_state import BreakerRow, FlowStore, already_open_for
+from worker.gateway.g2 import NOT_SENT_REASONS, AttemptReason, HoldReason
+from worker.ledger.flow_state import BreakerReason, BreakerRow, BreakerState, FlowStore, already_open_for
 from worker.protocol.codes import (
+    CodeCategory,
     ResponseOutcome,
     ResultOutcome,
     classify_result_code,
@@ -64,19 +65,23 @@ from worker.protocol.request import STATUS_QUERY_COMMAND
 
 log = logging.getLogger(__name__)
 
-UNREACHABLE = "unreachable"
-FUNDS = "funds"
-CREDENTIAL = "credential"
-CONFIG = "config"
-REASONS = (UNREACHABLE, FUNDS, CREDENTIAL, CONFIG)
-
-# Why a request was held back (nothing was sent); bounded, used as metric labels and in GatewayAnswer.reason.
-HOLD_BREAKER = "breaker_open"
-HOLD_CREDENTIAL = "credential_unproven"
+UNREACHABLE, FUNDS, CREDENTIAL, CONFIG = (
+    BreakerReason.UNREACHABLE,
+    BreakerReason.FUNDS,
+    BreakerReason.CREDENTIAL,
+    BreakerReason.CONFIG,
+)
+# The code categories that open the breaker, from a refused request and from a result.
+_RESPONSE_CONDITIONS = {
+    CodeCategory.FUNDS: FUNDS,
+    CodeCategory.CREDENTIAL: CREDENTIAL,
+    CodeCategory.CONFIG: CONFIG,
+}
+_RESULT_CONDITIONS = {CodeCategory.FUNDS: FUNDS, CodeCategory.CREDENTIAL: CREDENTIAL}
 
 _PROVES_CREDENTIAL = frozenset({ResultOutcome.COMPLETED, ResultOutcome.FAILED, ResultOutcome.NOT_FOUND})
 # Failures decided before the credential is looked at (the simulator's order; M-PESA's is unconfirmed).
-_INCONCLUSIVE_CATEGORIES = frozenset({"expired"})
+_INCONCLUSIVE_CATEGORIES = frozenset({CodeCategory.EXPIRED})
 
 SCAN_INTERVAL = 0.05
 SCAN_LAG_ROWS = 50
@@ -84,7 +89,7 @@ START_SCAN_ROWS = 1000
 MAX_PROBE_BACKOFF = 32
 _WAIT_STEP = 0.1
 
-ACTIONS = {
+ACTIONS: dict[BreakerReason, str] = {
     UNREACHABLE: "check the network path to the gateway; sending resumes by itself once a TCP connect succeeds",
     FUNDS: "fund the B2C utility account; one queued payout is sent as a probe every probe interval (backing "
     "off) and sending resumes when it is paid; `mpesa-b2c breaker close` resumes at once",
@@ -95,17 +100,16 @@ ACTIONS = {
 }
 
 
-def response_condition(code: str | None) -> str | None:
+def response_condition(code: str | None) -> BreakerReason | None:
     """The account or configuration condition a synchronous ResponseCode reports, if any."""
-    return None if code is None else response_category(code)
+    category = None if code is None else response_category(code)
+    return None if category is None else _RESPONSE_CONDITIONS.get(category)
 
 
-def result_condition(code: str | None) -> str | None:
+def result_condition(code: str | None) -> BreakerReason | None:
     """The account condition a ResultCode reports (``funds`` or ``credential``), if any."""
-    if code is None:
-        return None
-    category = result_category(code)
-    return category if category in (FUNDS, CREDENTIAL) else None
+    category = None if code is None else result_category(code)
+    return None if category is None else _RESULT_CONDITIONS.get(category)
 
 
 def _proves_credential(code: str | None) -> bool | None:
@@ -133,7 +137,7 @@ def _iso(epoch: float | None) -> str | None:
 
 def describe(row: BreakerRow) -> dict[str, Any]:
     """The breaker for people: ``/healthz`` and ``mpesa-b2c breaker status``."""
-    state: dict[str, Any] = {"state": "open" if row.open else "closed"}
+    state: dict[str, Any] = {"state": BreakerState.OPEN if row.open else BreakerState.CLOSED}
     if row.open:
         state.update(
             reason=row.reason,
@@ -144,7 +148,7 @@ def describe(row: BreakerRow) -> dict[str, Any]:
             next_probe_at=_iso(row.next_probe_at) if row.reason in (UNREACHABLE, FUNDS) else None,
             probe_running=row.probe_running,
             failed_probes=row.failed_probes,
-            action=ACTIONS.get(row.reason or "", ""),
+            action="" if row.reason is None else ACTIONS[row.reason],
         )
     else:
         state.update(since=_iso(row.closed_at), closed_by=row.closed_by)
@@ -194,20 +198,20 @@ class CircuitBreaker:
         self._last_scan = 0.0
         self._cursor = max(0, store.last_result_id() - START_SCAN_ROWS)
         self._row = store.breaker(key)
-        self._announced: tuple[bool, str | None] = (self._row.open, self._row.reason)
+        self._announced: tuple[bool, BreakerReason | None] = (self._row.open, self._row.reason)
         if self._row.open:
             log.error(self._describe_open(self._row))
         self._gauges(self._row)
 
     # ------------------------------------------------------------------------------ before a send
 
-    def blocked(self) -> str | None:
-        """A cheap look before taking a command: HOLD_BREAKER while open and no probe is due, else None."""
+    def blocked(self) -> HoldReason | None:
+        """A cheap look before taking a command: BREAKER_OPEN while open and no probe is due, else None."""
         self._scan()
         row = self._read()
-        return None if self._accepting(row).accepting else HOLD_BREAKER
+        return None if self._accepting(row).accepting else HoldReason.BREAKER_OPEN
 
-    def gate(self, command: str, originator_conversation_id: str) -> str | None:
+    def gate(self, command: str, originator_conversation_id: str) -> HoldReason | None:
         """Right before a request: None to send it now, else why it is held back (nothing is sent).
 
         May wait up to ``canary_wait`` seconds for this process's canary to prove the credential.
@@ -218,9 +222,9 @@ class CircuitBreaker:
             if verdict != "wait":
                 return verdict
             if time.monotonic() >= deadline or self._stop.wait(_WAIT_STEP):
-                return HOLD_CREDENTIAL
+                return HoldReason.CREDENTIAL_UNPROVEN
 
-    def _check(self, command: str, ocid: str) -> str | None:  # noqa: C901 - the gate's checks in the order its safety rests on, read as one
+    def _check(self, command: str, ocid: str) -> HoldReason | Literal["wait"] | None:  # noqa: C901 - the gate's checks in the order its safety rests on, read as one
         self._scan()
         # Taken before the row: a credential proven after this read may come with an opening we did not see.
         with self._lock:
@@ -228,23 +232,23 @@ class CircuitBreaker:
         row = self._read()
         if row.open:
             if row.reason != FUNDS:
-                return HOLD_BREAKER
+                return HoldReason.BREAKER_OPEN
             if command == STATUS_QUERY_COMMAND:
                 # A lookup moves no money, and a funds condition proves the credential: lookups go on.
                 with self._lock:
-                    return None if self._verified_epoch == row.credential_epoch else HOLD_BREAKER
+                    return None if self._verified_epoch == row.credential_epoch else HoldReason.BREAKER_OPEN
             if self._store.take_probe(self.key, ocid, lease=self._probe_lease):
                 log.warning("circuit open (funds): sending %s as the probe", ocid)
                 self._probe = ocid
                 return None
-            return HOLD_BREAKER
+            return HoldReason.BREAKER_OPEN
         if verified_epoch == row.credential_epoch:
             return None
         if self._canary is not None:
             self._judge_canary(row)
             row = self._read()
             if row.open:
-                return HOLD_BREAKER
+                return HoldReason.BREAKER_OPEN
             with self._lock:
                 if self._verified_epoch == row.credential_epoch:
                     return None
@@ -267,9 +271,14 @@ class CircuitBreaker:
     # ------------------------------------------------------------------------------- after a send
 
     def record(
-        self, command: str, originator_conversation_id: str, outcome: ResponseOutcome, reason: str, code: str | None
+        self,
+        command: str,
+        originator_conversation_id: str,
+        outcome: ResponseOutcome,
+        reason: AttemptReason,
+        code: str | None,
     ) -> None:
-        """What one attempt ended with (``reason`` is the gateway's REASON_*, ``code`` the ResponseCode)."""
+        """What one attempt ended with (``reason`` is the gateway's, ``code`` the ResponseCode)."""
         ocid = originator_conversation_id
         if reason in NOT_SENT_REASONS:
             with self._lock:
@@ -336,7 +345,7 @@ class CircuitBreaker:
             return Accepting(True, "circuit open (funds): a probe is due")
         return Accepting(False, f"circuit open ({row.reason}): {row.detail}")
 
-    def _open(self, reason: str, code: str | None, detail: str) -> None:
+    def _open(self, reason: BreakerReason, code: str | None, detail: str) -> None:
         next_probe = self._store.clock() + self.probe_seconds if reason in (UNREACHABLE, FUNDS) else None
         row = self._store.open_breaker(
             self.key, reason=reason, code=code, detail=detail, by=self.owner, next_probe_at=next_probe
@@ -367,11 +376,11 @@ class CircuitBreaker:
     def _describe_open(self, row: BreakerRow) -> str:
         return (
             f"circuit breaker OPEN for shortcode {row.key}: {row.reason} (code {row.code or '-'}): {row.detail}."
-            f" No commands are taken; they stay queued. To resume: {ACTIONS.get(row.reason or '', '')}"
+            f" No commands are taken; they stay queued. To resume: {'' if row.reason is None else ACTIONS[row.reason]}"
         )
 
     def _gauges(self, row: BreakerRow) -> None:
-        for reason in REASONS:
+        for reason in BreakerReason:
             metrics.CIRCUIT_OPEN.labels(reason=reason).set(1 if row.open and row.reason == reason else 0)
 
     def _scan(self, *, force: bool = False) -> None:

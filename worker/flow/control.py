@@ -6,7 +6,7 @@ breaker (:mod:`worker.flow.breaker`) and then waits for its rate-limit slot (:mo
 answer feeds both: connection failures and account conditions open the breaker, throttling answers slow the
 shared rate down, accepted requests speed it up again.
 
-A status query built on another Gateway (the reconciler) gets the same pacing by passing this object as
+A status query sent through another Gateway gets the same pacing by passing this object as
 that Gateway's ``observer``, or by calling :meth:`FlowControl.before_attempt` / ``after_attempt`` itself.
 """
 
@@ -17,15 +17,15 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from worker.flow.breaker import HOLD_CREDENTIAL, Accepting, CircuitBreaker, safe_tick
+from worker.flow.breaker import Accepting, CircuitBreaker, safe_tick
 from worker.flow.limiter import RateLimiter
+from worker.gateway.g2 import AttemptReason, HoldReason
 from worker.ledger.flow_state import FlowStore
 from worker.protocol.codes import ResponseOutcome
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-HOLD_RATE = "rate_limited"
 # How long a request may wait for this process's first request (the canary) to prove the credential.
 CANARY_WAIT = 5.0
 # How long one canary may stay unresolved before another request may try: the send itself, then its result.
@@ -64,7 +64,7 @@ class FlowControl:
 
     # ------------------------------------------------------------------------ the consumer's side
 
-    def admit(self) -> str | None:
+    def admit(self) -> HoldReason | None:
         """Before taking a command on: a hold reason while the breaker is open (and no probe is due)."""
         held = self.breaker.blocked()
         if held is not None and self._on_hold is not None:
@@ -97,15 +97,15 @@ class FlowControl:
 
     # ------------------------------------------------------------------ the gateway's AttemptObserver
 
-    def before_attempt(self, command: str, originator_conversation_id: str) -> str | None:
+    def before_attempt(self, command: str, originator_conversation_id: str) -> HoldReason | None:
         held = self.breaker.gate(command, originator_conversation_id)
         if held is not None:
-            if self._on_hold is not None and held != HOLD_CREDENTIAL:
+            if self._on_hold is not None and held != HoldReason.CREDENTIAL_UNPROVEN:
                 self._on_hold(held)
             return held
         if not self.limiter.acquire():
             self.breaker.abandon(originator_conversation_id)
-            return HOLD_RATE
+            return HoldReason.RATE_LIMITED
         return None
 
     def after_attempt(
@@ -113,7 +113,7 @@ class FlowControl:
         command: str,
         originator_conversation_id: str,
         outcome: ResponseOutcome,
-        reason: str,
+        reason: AttemptReason,
         code: str | None,
     ) -> None:
         self.breaker.record(command, originator_conversation_id, outcome, reason, code)

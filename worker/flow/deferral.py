@@ -26,7 +26,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from worker import metrics
 from worker.amqp import (
@@ -41,8 +41,7 @@ from worker.amqp import (
     delay_tier_label,
 )
 from worker.errors import B2CError
-from worker.flow.breaker import HOLD_BREAKER
-from worker.gateway.g2 import NOT_SENT_REASONS, GatewayAnswer
+from worker.gateway.g2 import NOT_SENT_REASONS, GatewayAnswer, HoldReason
 from worker.settings import AmqpSettings
 
 log = logging.getLogger(__name__)
@@ -57,14 +56,14 @@ _BROKER_HEADERS = ("x-delivery-count", "x-death", "x-first-death-", "x-last-deat
 class Hold:
     """Back to the command queue now, not counted (the breaker keeps the consumer away meanwhile)."""
 
-    reason: str
+    reason: HoldReason
 
 
 @dataclass(frozen=True)
 class Park:
     """Back after the first tier's delay, not counted."""
 
-    reason: str
+    reason: HoldReason
 
 
 @dataclass(frozen=True)
@@ -115,9 +114,10 @@ class Deferrer:
     def plan(self, delivery: Delivery, answer: GatewayAnswer) -> Plan:
         """What to do with a command whose request ended RETRY_LATER (M-PESA did not process it)."""
         if answer.held:
-            return Hold(answer.reason) if answer.reason == HOLD_BREAKER else Park(answer.reason)
+            held = cast(HoldReason, answer.reason)  # a held answer's reason is the observer's
+            return Hold(held) if held == HoldReason.BREAKER_OPEN else Park(held)
         if answer.reason in NOT_SENT_REASONS:
-            return Park("unreachable")
+            return Park(HoldReason.UNREACHABLE)
         done = deferrals_of(delivery)
         if done < len(self.delays):
             return Defer(done, done + 1)
@@ -137,10 +137,10 @@ class Deferrer:
             headers[DEFERRALS_HEADER] = plan.deferrals
         elif isinstance(plan, Park):
             queue, label = self.tiers[0], plan.reason
-            headers[HELD_HEADER] = plan.reason
+            headers[HELD_HEADER] = str(plan.reason)
         else:
             queue, label = self._queue, plan.reason
-            headers[HELD_HEADER] = plan.reason
+            headers[HELD_HEADER] = str(plan.reason)
         try:
             if queue != self._queue:
                 self._declare(self.tiers.index(queue))

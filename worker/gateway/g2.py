@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -70,19 +71,39 @@ _POOL_SIZE = 32
 _CHUNK = 65536
 _DESCRIPTION_LIMIT = 200
 
-# Why an attempt ended the way it did; bounded, so usable as a metric label and a ledger reason.
-REASON_RESPONSE_CODE = "response_code"
-REASON_CONNECTION_REFUSED = "connection_refused"
-REASON_CONNECT_FAILED = "connect_failed"
-REASON_CONNECT_TIMEOUT = "connect_timeout"
-REASON_READ_TIMEOUT = "read_timeout"
-REASON_CONNECTION_LOST = "connection_lost"
-REASON_TLS_ERROR = "tls_error"
-REASON_TRANSPORT_ERROR = "transport_error"
-REASON_HTTP_ERROR = "http_error"
-REASON_UNPARSABLE = "unparsable_response"
-REASON_OVERSIZED = "oversized_response"
-NOT_SENT_REASONS = frozenset({REASON_CONNECTION_REFUSED, REASON_CONNECT_FAILED, REASON_CONNECT_TIMEOUT})
+
+class AttemptReason(StrEnum):
+    """Why an attempt that was sent ended the way it did; a metric label and a ledger reason, so bounded."""
+
+    RESPONSE_CODE = "response_code"
+    CONNECTION_REFUSED = "connection_refused"
+    CONNECT_FAILED = "connect_failed"
+    CONNECT_TIMEOUT = "connect_timeout"
+    READ_TIMEOUT = "read_timeout"
+    CONNECTION_LOST = "connection_lost"
+    TLS_ERROR = "tls_error"
+    TRANSPORT_ERROR = "transport_error"
+    HTTP_ERROR = "http_error"
+    UNPARSABLE = "unparsable_response"
+    OVERSIZED = "oversized_response"
+
+
+NOT_SENT_REASONS = frozenset(
+    {AttemptReason.CONNECTION_REFUSED, AttemptReason.CONNECT_FAILED, AttemptReason.CONNECT_TIMEOUT}
+)
+
+
+class HoldReason(StrEnum):
+    """Why a command went back unsent: a metric label and a message header, so bounded.
+
+    The first three are an :class:`AttemptObserver`'s answers (the request was held back); ``unreachable``
+    is the worker's word for a request that could not reach the gateway (one of ``NOT_SENT_REASONS``).
+    """
+
+    BREAKER_OPEN = "breaker_open"
+    CREDENTIAL_UNPROVEN = "credential_unproven"
+    RATE_LIMITED = "rate_limited"
+    UNREACHABLE = "unreachable"
 
 
 @dataclass(frozen=True)
@@ -90,8 +111,8 @@ class GatewayAnswer:
     """What one ``pay``/``query_status`` call ended with, after any retries.
 
     ``outcome`` ACCEPTED / REJECTED come from a response code; RETRY_LATER means nothing was processed and
-    the retry budget ran out; UNKNOWN means the request may have been processed. ``reason`` is one of the
-    ``REASON_*`` constants (``response_code`` when M-PESA's code decided); ``detail`` is for humans.
+    the retry budget ran out; UNKNOWN means the request may have been processed. ``reason`` says why
+    (``response_code`` when M-PESA's code decided); ``detail`` is for humans.
     ``held``: the observer held the last attempt back (RETRY_LATER, nothing sent); ``reason`` is its word.
     """
 
@@ -99,7 +120,7 @@ class GatewayAnswer:
     response: SyncResponse | None
     detail: str
     attempts: int
-    reason: str = REASON_RESPONSE_CODE
+    reason: AttemptReason | HoldReason = AttemptReason.RESPONSE_CODE
     held: bool = False
 
 
@@ -111,14 +132,14 @@ class AttemptObserver(Protocol):
     how each attempt that was sent ended (``code``: the ResponseCode, if M-PESA answered with one).
     """
 
-    def before_attempt(self, command: str, originator_conversation_id: str) -> str | None: ...
+    def before_attempt(self, command: str, originator_conversation_id: str) -> HoldReason | None: ...
 
     def after_attempt(
         self,
         command: str,
         originator_conversation_id: str,
         outcome: ResponseOutcome,
-        reason: str,
+        reason: AttemptReason,
         code: str | None,
     ) -> None: ...
 
@@ -127,7 +148,7 @@ class AttemptObserver(Protocol):
 class _Attempt:
     outcome: ResponseOutcome
     response: SyncResponse | None
-    reason: str
+    reason: AttemptReason | HoldReason
     detail: str
     held: bool = False
 
@@ -250,23 +271,25 @@ def _transport_failure(exc: requests.RequestException) -> _Attempt:
     chain = list(_exception_chain(exc))
     if any(isinstance(e, urllib3.exceptions.NewConnectionError) for e in chain):
         refused = any(isinstance(e, ConnectionRefusedError) for e in chain)
-        reason = REASON_CONNECTION_REFUSED if refused else REASON_CONNECT_FAILED
+        reason = AttemptReason.CONNECTION_REFUSED if refused else AttemptReason.CONNECT_FAILED
         return _Attempt(ResponseOutcome.RETRY_LATER, None, reason, f"{reason}: nothing was sent")
     if isinstance(exc, requests.exceptions.ConnectTimeout) or any(
         isinstance(e, urllib3.exceptions.ConnectTimeoutError) for e in chain
     ):
-        return _Attempt(ResponseOutcome.RETRY_LATER, None, REASON_CONNECT_TIMEOUT, "connect timeout: nothing sent")
+        return _Attempt(
+            ResponseOutcome.RETRY_LATER, None, AttemptReason.CONNECT_TIMEOUT, "connect timeout: nothing sent"
+        )
     if isinstance(exc, requests.exceptions.ReadTimeout) or any(
         isinstance(e, urllib3.exceptions.ReadTimeoutError) for e in chain
     ):
-        reason = REASON_READ_TIMEOUT
+        reason = AttemptReason.READ_TIMEOUT
     elif isinstance(exc, requests.exceptions.SSLError):
         # A TLS failure may happen after the request was written; it cannot be told apart from the outside.
-        reason = REASON_TLS_ERROR
+        reason = AttemptReason.TLS_ERROR
     elif isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError):
-        reason = REASON_CONNECTION_LOST
+        reason = AttemptReason.CONNECTION_LOST
     else:
-        reason = REASON_TRANSPORT_ERROR
+        reason = AttemptReason.TRANSPORT_ERROR
     detail = f"{reason} ({type(exc).__name__}) after sending: the request may have been processed"
     return _Attempt(ResponseOutcome.UNKNOWN, None, reason, detail)
 
@@ -300,11 +323,13 @@ def _classify_answer(status: int, body: bytes) -> _Attempt:
     if status >= 500:
         said = f"; it said {_describe(response)}" if response else ""
         detail = f"HTTP {status} after sending: the request may have been processed{said}"
-        return _Attempt(ResponseOutcome.UNKNOWN, response, REASON_HTTP_ERROR, detail)
+        return _Attempt(ResponseOutcome.UNKNOWN, response, AttemptReason.HTTP_ERROR, detail)
     if response is None:
-        reason = REASON_UNPARSABLE if 200 <= status < 300 else REASON_HTTP_ERROR
+        reason = AttemptReason.UNPARSABLE if 200 <= status < 300 else AttemptReason.HTTP_ERROR
         return _Attempt(ResponseOutcome.UNKNOWN, None, reason, f"HTTP {status}, unreadable answer: {problem}")
-    return _Attempt(response.outcome, response, REASON_RESPONSE_CODE, f"{response.outcome}: {_describe(response)}")
+    return _Attempt(
+        response.outcome, response, AttemptReason.RESPONSE_CODE, f"{response.outcome}: {_describe(response)}"
+    )
 
 
 class Gateway:
@@ -473,8 +498,9 @@ class Gateway:
         result = self._post(command, build)
         if observer is not None:
             code = result.response.code if result.response is not None else None
+            sent = cast(AttemptReason, result.reason)  # only a held attempt carries a HoldReason
             try:
-                observer.after_attempt(command, originator_conversation_id, result.outcome, result.reason, code)
+                observer.after_attempt(command, originator_conversation_id, result.outcome, sent, code)
             except Exception:  # M-PESA has answered: its answer must reach the ledger whatever the bookkeeping
                 log.exception("flow control could not record the answer for %s", originator_conversation_id)
         return result
@@ -494,7 +520,7 @@ class Gateway:
             result = _transport_failure(exc)
         except _Oversized:
             detail = f"the answer exceeds {MAX_XML_BYTES} bytes: the request may have been processed"
-            result = _Attempt(ResponseOutcome.UNKNOWN, None, REASON_OVERSIZED, detail)
+            result = _Attempt(ResponseOutcome.UNKNOWN, None, AttemptReason.OVERSIZED, detail)
         except zeep.exceptions.Error as exc:
             raise GatewayError(f"zeep could not build the {_OPERATION} envelope: {exc}") from exc
         else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from worker.ledger.engine import Database, Engine, Row, Session
@@ -25,15 +26,30 @@ from worker.ledger.schema import migrate
 from worker.ledger.sqlite import SqliteEngine
 from worker.settings import LedgerSettings
 
-OPEN = "open"
-CLOSED = "closed"
+
+class BreakerState(StrEnum):
+    """``gateway_state.state``, stored: the values must not change."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class BreakerReason(StrEnum):
+    """Why the breaker is open (``gateway_state.reason``, the ``reason`` label of the circuit metrics)."""
+
+    UNREACHABLE = "unreachable"
+    FUNDS = "funds"
+    CREDENTIAL = "credential"
+    CONFIG = "config"
+
+
 # Which condition wins when several hold at once: the one that needs the most from the operator.
-_RANK = {"unreachable": 1, "funds": 2, "config": 3, "credential": 4}
+_RANK = {BreakerReason.UNREACHABLE: 1, BreakerReason.FUNDS: 2, BreakerReason.CONFIG: 3, BreakerReason.CREDENTIAL: 4}
 
 
-def already_open_for(row: BreakerRow, reason: str) -> bool:
+def already_open_for(row: BreakerRow, reason: BreakerReason) -> bool:
     """True when opening for ``reason`` would change nothing: open for it or for a graver one."""
-    return row.open and _RANK.get(reason, 0) <= _RANK.get(row.reason or "", 0)
+    return row.open and _RANK[reason] <= (0 if row.reason is None else _RANK[row.reason])
 
 
 # Results that matched nothing, or not what was sent, prove nothing about the account (a forged callback):
@@ -58,7 +74,7 @@ class BreakerRow:
 
     key: str
     open: bool
-    reason: str | None
+    reason: BreakerReason | None
     code: str | None
     detail: str | None
     opened_at: float | None
@@ -235,7 +251,7 @@ class FlowStore:
                 "INSERT INTO gateway_state (key, state, closed_at, updated_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (key) DO NOTHING",
                 key,
-                CLOSED,
+                str(BreakerState.CLOSED),
                 self._now(session),
                 self._stamp(session),
             )
@@ -250,8 +266,8 @@ class FlowStore:
 
         return BreakerRow(
             key=str(row["key"]),
-            open=row["state"] == OPEN,
-            reason=row["reason"],
+            open=row["state"] == BreakerState.OPEN,
+            reason=None if row["reason"] is None else BreakerReason(row["reason"]),
             code=row["code"],
             detail=row["detail"],
             opened_at=number("opened_at"),
@@ -286,7 +302,14 @@ class FlowStore:
             return self._load(self._breaker_row(session, key, lock=False), now)
 
     def open_breaker(
-        self, key: str, *, reason: str, code: str | None, detail: str, by: str, next_probe_at: float | None
+        self,
+        key: str,
+        *,
+        reason: BreakerReason,
+        code: str | None,
+        detail: str,
+        by: str,
+        next_probe_at: float | None,
     ) -> BreakerRow | None:
         """Open the breaker, or raise its reason to a graver one; None when nothing changed.
 
@@ -299,8 +322,8 @@ class FlowStore:
             if already_open_for(row, reason):
                 return None
             columns: dict[str, Any] = {
-                "state": OPEN,
-                "reason": reason,
+                "state": str(BreakerState.OPEN),
+                "reason": str(reason),
                 "code": code,
                 "detail": detail[:_DETAIL_LENGTH],
                 "next_probe_at": next_probe_at,
@@ -309,12 +332,12 @@ class FlowStore:
             }
             if not row.open:
                 columns.update(opened_at=now, opened_by=by, failed_probes=0)
-            if reason == "credential":
+            if reason == BreakerReason.CREDENTIAL:
                 columns.update(credential_epoch=row.credential_epoch + 1, canary_id=None, canary_until=None)
             self._update(session, key, **columns)
             return self._load(self._breaker_row(session, key, lock=False), now)
 
-    def close_breaker(self, key: str, *, by: str, reason: str | None = None) -> BreakerRow | None:
+    def close_breaker(self, key: str, *, by: str, reason: BreakerReason | None = None) -> BreakerRow | None:
         """Close the breaker (only if open for ``reason``, when given); None when nothing changed."""
         with self._db.transaction() as session:
             now = self._now(session)
@@ -324,7 +347,7 @@ class FlowStore:
             self._update(
                 session,
                 key,
-                state=CLOSED,
+                state=str(BreakerState.CLOSED),
                 closed_at=now,
                 closed_by=by,
                 next_probe_at=None,
@@ -345,7 +368,7 @@ class FlowStore:
         with self._db.transaction() as session:
             now = self._now(session)
             row = self._load(self._breaker_row(session, key, lock=True), now)
-            if not row.open or row.reason != "funds":
+            if not row.open or row.reason != BreakerReason.FUNDS:
                 return False
             if row.probe_id == probe_id and row.probe_running:
                 return True

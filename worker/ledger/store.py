@@ -68,7 +68,7 @@ _UPDATABLE = frozenset(
 )
 _LOOKUP_COLUMNS = frozenset({"payout_id", "originator_conversation_id", "conversation_id"})
 _SENDABLE = frozenset({PayoutStatus.RECEIVED, PayoutStatus.SENDING, PayoutStatus.UNKNOWN})
-_FAILURE_REASONS = frozenset(FailureReason)
+_FAILURE_REASONS: frozenset[str] = frozenset(FailureReason)
 _NOTE_LENGTH = 1000
 _MARK_CHUNK = 500
 _CLAIM_SQL = (

@@ -5,7 +5,7 @@ Money safety rests on three rules this module keeps:
 - every (re)send of a payout uses the OriginatorConversationID stored with it, so M-PESA refuses a second
   payment (result 15) even when we resend after a crash;
 - what an interrupted send did is unknown: a resend of it that M-PESA does not take leaves the payout
-  ``unknown`` for the reconciler, never ``rejected`` or back in the queue as if nothing had been sent;
+  ``unknown`` for the lookups, never ``rejected`` or back in the queue as if nothing had been sent;
 - the delivery is acked only after the ledger transition's events were confirmed by the broker.
 """
 
@@ -24,7 +24,7 @@ from worker.amqp import Ack, DeadLetter, Delivery, Disposition, Requeue
 from worker.errors import B2CError, InvalidCommand, ProtocolError
 from worker.flow.control import FlowControl
 from worker.flow.deferral import Deferrer, GiveUp, Hold
-from worker.gateway.g2 import REASON_UNPARSABLE, GatewayAnswer
+from worker.gateway.g2 import AttemptReason, GatewayAnswer
 from worker.ledger import Ledger, RecordOutcome
 from worker.payouts.models import (
     Payout,
@@ -214,7 +214,7 @@ class PayoutProcessor:
                 message=f"M-PESA refused the request with ResponseCode {response.code}: {response.description}",
             )
         elif answer.outcome is ResponseOutcome.UNKNOWN:
-            answered = response is not None or answer.reason == REASON_UNPARSABLE
+            answered = response is not None or answer.reason == AttemptReason.UNPARSABLE
             reason = UnknownReason.UNRECOGNISED_RESPONSE if answered else UnknownReason.NO_RESPONSE
             log.warning(
                 "payout %s: outcome unknown (%s); it stays unknown until looked up",
@@ -232,7 +232,7 @@ class PayoutProcessor:
         """M-PESA did not take the resend of an interrupted send (refused, busy, or held back here).
 
         That says nothing about the first send, which may have been paid: the payout becomes ``unknown`` and
-        the reconciler looks it up (or resends again, same id, when M-PESA has no record of it). Never
+        the lookup runner looks it up (or resends again, same id, when M-PESA has no record of it). Never
         ``rejected``, and never back in the queue as if nothing had been sent.
         """
         log.warning(

@@ -1,4 +1,4 @@
-"""The reconciler: resolves every payout whose fate is in doubt, without ever guessing.
+"""Lookups: every payout whose fate is in doubt is looked up until M-PESA says what became of it; never guessed.
 
 Run by the worker process on a background thread (``WorkerService``), it takes the payouts the ledger says
 are due for a lookup (:meth:`~worker.ledger.Ledger.due_for_lookup`) and for each one either
@@ -12,8 +12,8 @@ are due for a lookup (:meth:`~worker.ledger.Ledger.due_for_lookup`) and for each
   pay twice: either it pays (the first never arrived) or its duplicate answer proves the first did, and
   the payout is looked up again. A resend under a new id is never made.
 
-Bounded by ``B2C_RESOLVE_INTERVAL_SECONDS`` between lookups, ``B2C_RESOLVE_MAX_ATTEMPTS`` lookups and
-``B2C_RESOLVE_MAX_SECONDS`` from the first one. A payout still unresolved then keeps its status (``unknown``
+Bounded by ``B2C_LOOKUP_INTERVAL_SECONDS`` between lookups, ``B2C_LOOKUP_MAX_ATTEMPTS`` lookups and
+``B2C_LOOKUP_MAX_SECONDS`` from the first one. A payout still in doubt then keeps its status (``unknown``
 stays ``unknown``), is flagged for review, counted in ``mpesa_b2c_payouts_flagged_for_review`` and logged
 at WARNING. No timer here ever makes a payout ``failed``.
 """
@@ -39,7 +39,7 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# How often the reconciler looks for due work at most: a queue timeout or a duplicate answer is looked up
+# How often the lookup runner looks for due work at most: a queue timeout or a duplicate answer is looked up
 # within this, whatever the (much longer) interval between two lookups of one payout.
 MAX_TICK_SECONDS = 1.0
 BATCH = 50
@@ -61,7 +61,7 @@ class LookupGateway(PaymentGateway, Protocol):
 
 @dataclass(frozen=True)
 class Pass:
-    """What one reconciler pass did."""
+    """What one lookup pass did."""
 
     queried: int = 0
     resent: int = 0
@@ -71,7 +71,7 @@ class Pass:
     held: int = 0
 
 
-class Reconciler:
+class LookupRunner:
     """One per worker process; several workers on one PostgreSQL ledger share the work (claims are leased)."""
 
     def __init__(
@@ -84,7 +84,7 @@ class Reconciler:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         send_lease_seconds: float | None = None,
     ) -> None:
-        self._settings = settings.reconcile
+        self._settings = settings.lookup
         self._ledger = ledger
         self._gateway = gateway
         self._relay = relay
@@ -101,17 +101,17 @@ class Reconciler:
         """One pass for the background loop: never raises, so the loop never dies of a bug or an outage."""
         try:
             self.run_once()
-        except Exception:  # the reconciler must keep running; the error is logged
-            log.exception("reconciler pass failed; trying again in %.1f s", self.tick_seconds)
+        except Exception:  # lookups must keep running; the error is logged
+            log.exception("lookup pass failed; trying again in %.1f s", self.tick_seconds)
 
     def run_once(self) -> Pass:
         """Claim the payouts due for a lookup and look each one up (or flag it); update the review gauge."""
-        reconcile = self._settings
+        lookup = self._settings
         tasks = self._ledger.due_for_lookup(
-            unknown_after=reconcile.unknown_after,
-            result_timeout=reconcile.result_timeout,
+            unknown_after=lookup.unknown_after,
+            result_timeout=lookup.result_timeout,
             stuck_after=self.stuck_after,
-            lease_seconds=reconcile.interval,
+            lease_seconds=lookup.interval,
             limit=BATCH,
         )
         counts = {"queried": 0, "resent": 0, "flagged": 0, "skipped": 0, "errors": 0, "held": 0}

@@ -28,7 +28,7 @@ from worker.ledger import open_ledger
 from worker.ledger.flow_state import FlowStore
 from worker.ledger.gauges import GAUGE_INTERVAL, update_ledger_gauges
 from worker.paying.handler import PayoutProcessor
-from worker.paying.lookups import Reconciler
+from worker.paying.lookups import LookupRunner
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class WorkerService:
         self.processor = PayoutProcessor(
             settings, self.ledger, self.gateway, self.relay, flow=self.flow, deferrer=self.deferrer
         )
-        self.reconciler = Reconciler(
+        self.lookups = LookupRunner(
             settings, self.ledger, self.gateway, self.relay, send_lease_seconds=self.processor.send_lease_seconds
         )
         self.consumer = amqp.ThreadedConsumer(
@@ -91,7 +91,7 @@ class WorkerService:
         self._background.every(self.settings.outbox_interval, self.relay.try_flush_older, "outbox-relay")
         self._background.every(GAUGE_INTERVAL, lambda: update_ledger_gauges(self.ledger), "ledger-gauges")
         self._background.every(GAUGE_INTERVAL, self._queue_gauge, "queue-gauge")
-        self._background.every(self.reconciler.tick_seconds, self.reconciler.tick, "reconcile")
+        self._background.every(self.lookups.tick_seconds, self.lookups.tick, "lookups")
         self._follow_flow()  # an open breaker (another replica's, or from before a restart) holds from the start
         self._background.every(FLOW_INTERVAL, self._follow_flow, "flow-control")
         try:

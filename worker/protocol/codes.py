@@ -29,18 +29,33 @@ class ResultOutcome(StrEnum):
     NOT_FOUND = "not_found"
 
 
+class CodeCategory(StrEnum):
+    """Codes that need the same operational reaction (fund the account, fix the credential...).
+
+    ``funds``, ``credential`` and ``config`` open the circuit breaker; a failed payout's category is its
+    ``reason``, so the values are stored and must not change.
+    """
+
+    FUNDS = "funds"
+    CREDENTIAL = "credential"
+    CONFIG = "config"
+    LIMITS = "limits"
+    PARTY = "party"
+    EXPIRED = "expired"
+
+
 @dataclass(frozen=True)
 class _ResponseEntry:
     outcome: ResponseOutcome
     meaning: str
-    category: str | None = None
+    category: CodeCategory | None = None
 
 
 @dataclass(frozen=True)
 class _ResultEntry:
     outcome: ResultOutcome
     meaning: str
-    category: str | None = None
+    category: CodeCategory | None = None
 
 
 def normalise_code(code: str) -> str:
@@ -51,10 +66,7 @@ def normalise_code(code: str) -> str:
     return text
 
 
-# Account conditions that need the same operational reaction, for responses and results alike.
-_FUNDS = "funds"
-_CREDENTIAL = "credential"
-_CONFIG = "config"
+_FUNDS, _CREDENTIAL, _CONFIG = CodeCategory.FUNDS, CodeCategory.CREDENTIAL, CodeCategory.CONFIG
 
 _A, _R, _X, _U = (
     ResponseOutcome.ACCEPTED,
@@ -94,8 +106,7 @@ _C, _F, _D, _N, _NF = (
     ResultOutcome.NOT_PROCESSED,
     ResultOutcome.NOT_FOUND,
 )
-_PARTY = "party"
-_LIMITS = "limits"
+_PARTY, _LIMITS = CodeCategory.PARTY, CodeCategory.LIMITS
 _PARTY_MEANING = "unresolved or invalid party or account"
 _CREDENTIAL_MEANING = "initiator credential, permission or configuration error"
 
@@ -131,7 +142,7 @@ RESULT_CODES: dict[str, _ResultEntry] = {
     "44": _ResultEntry(_F, _CREDENTIAL_MEANING, _CREDENTIAL),
     "48": _ResultEntry(_F, _CREDENTIAL_MEANING, _CREDENTIAL),
     "50": _ResultEntry(_F, _CREDENTIAL_MEANING, _CREDENTIAL),
-    "19": _ResultEntry(_F, "request expired (stale Transaction/Timestamp)", "expired"),
+    "19": _ResultEntry(_F, "request expired (stale Transaction/Timestamp)", CodeCategory.EXPIRED),
     "26": _ResultEntry(_N, "system too busy"),
     "49": _ResultEntry(_NF, "no transaction found"),
     # "Repeated failures lock the operator (8006): stop sending" (PROTOCOL §2). Not in the outcome table, so
@@ -152,13 +163,13 @@ def classify_result_code(code: str) -> ResultOutcome:
     return entry.outcome if entry else ResultOutcome.UNKNOWN
 
 
-def response_category(code: str) -> str | None:
+def response_category(code: str) -> CodeCategory | None:
     """The account condition a refused request reports (``credential``, ``config``, ``funds``), if any."""
     entry = RESPONSE_CODES.get(normalise_code(code))
     return entry.category if entry else None
 
 
-def result_category(code: str) -> str | None:
+def result_category(code: str) -> CodeCategory | None:
     """Groups failures that need the same operational reaction (fund the account, fix the credential...)."""
     entry = RESULT_CODES.get(normalise_code(code))
     return entry.category if entry else None

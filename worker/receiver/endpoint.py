@@ -50,7 +50,7 @@ class CallbackReceiver:
         self.result_base_path = self._guard.result_base
         self.queue_timeout_base_path = self._guard.queue_timeout_base
         self._max_body = settings.receiver.max_body_bytes
-        self._confirm_success = settings.reconcile.confirm_success
+        self._confirm_success = settings.lookup.confirm_success
         self._ledger = ledger
         self._relay = relay
         self._metrics_app = make_wsgi_app()
