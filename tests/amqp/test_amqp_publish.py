@@ -1,22 +1,23 @@
-"""The confirmed publisher and the command-line helpers, against the real broker."""
+"""The confirmed publisher, the returned-body filter, and the publish/events commands, against the real broker."""
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
 import pytest
 from amqp_helpers import Broker, kill_connection
 
-from worker.amqp import (
-    ConfirmedPublisher,
-    declare_topology,
-    follow_events,
-    publish_commands,
-)
+from worker.amqp.publisher import ConfirmedPublisher
+from worker.amqp.topology import declare_topology
+from worker.cli.publish import publish_commands
 from worker.errors import PublishError, TopologyError
+from worker.events.follow import follow_events
+from worker.logs import PIKA_RETURNS_LOGGER, NoReturnedBodies
 from worker.settings import AmqpSettings
 
 
@@ -76,6 +77,36 @@ def test_unroutable_message_raises_without_logging_its_body(
         publisher.publish(exchange, "payout.failed", b"{}")
     assert "nobody.listens" in caplog.text
     assert "254712345678" not in caplog.text
+
+
+def test_a_new_publisher_hides_returned_bodies_even_without_logging_set_up(
+    amqp_url: str, bound: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    pika_logger = logging.getLogger(PIKA_RETURNS_LOGGER)
+    for installed in [f for f in pika_logger.filters if isinstance(f, NoReturnedBodies)]:
+        pika_logger.removeFilter(installed)
+    exchange, _ = bound
+    with caplog.at_level(logging.DEBUG), ConfirmedPublisher(amqp_url) as publisher, ConfirmedPublisher(amqp_url):
+        assert len([f for f in pika_logger.filters if isinstance(f, NoReturnedBodies)]) == 1
+        with pytest.raises(PublishError, match="unroutable"):
+            publisher.publish(exchange, "nobody.listens", b'{"msisdn": "254712345678"}')
+    assert "Published message was returned (body omitted)" in caplog.text
+    assert "254712345678" not in caplog.text
+
+
+def test_importing_sets_up_no_logging_and_setup_logging_hides_returned_bodies() -> None:
+    probe = (
+        "import logging, worker.amqp.consumer, worker.amqp.publisher, worker.cli.main\n"
+        "from worker.logs import PIKA_RETURNS_LOGGER, NoReturnedBodies, setup_logging\n"
+        "pika_logger = logging.getLogger(PIKA_RETURNS_LOGGER)\n"
+        "def count(): return sum(isinstance(f, NoReturnedBodies) for f in pika_logger.filters)\n"
+        "before = count()\n"
+        "setup_logging('INFO')\n"
+        "setup_logging('INFO')\n"
+        "print(before, count())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["0", "1"]
 
 
 def test_missing_exchange_raises_and_the_publisher_recovers(
