@@ -15,7 +15,7 @@ from amqp_helpers import Broker, kill_connection
 from worker.amqp.publisher import ConfirmedPublisher
 from worker.amqp.topology import declare_topology
 from worker.cli.publish import publish_commands
-from worker.errors import PublishError, TopologyError
+from worker.errors import PublishError, PublishFailure, TopologyError
 from worker.events.follow import follow_events
 from worker.logs import PIKA_RETURNS_LOGGER, NoReturnedBodies
 from worker.settings import AmqpSettings
@@ -129,6 +129,30 @@ def test_publisher_reconnects_after_its_connection_is_killed(
         publisher.publish(exchange, "payout.accepted", b"before")
         kill_connection(connection_name)
         publisher.publish(exchange, "payout.accepted", b"after")
+    assert [body for _, _, body in broker.get_all(queue)] == [b"before", b"after"]
+
+
+def test_publishing_to_a_missing_queue_is_unroutable(amqp_url: str, names: Callable[[str], str]) -> None:
+    queue = names("no-such-queue")
+    with ConfirmedPublisher(amqp_url) as publisher, pytest.raises(PublishError, match="does not exist") as caught:
+        publisher.publish_to_queue(queue, b"{}")
+    assert caught.value.failure == PublishFailure.UNROUTABLE
+    assert repr(queue) in str(caught.value)
+
+
+def test_without_reconnect_a_lost_connection_fails_the_publish_once(
+    broker: Broker, amqp_url: str, names: Callable[[str], str]
+) -> None:
+    queue, connection_name = names("no-reconnect"), names("publisher")
+    broker.channel.queue_declare(queue, durable=True)
+    # A long heartbeat keeps the keep-alive thread from noticing the kill before the publish does.
+    with ConfirmedPublisher(amqp_url, name=connection_name, heartbeat=600, reconnect=False) as publisher:
+        publisher.publish_to_queue(queue, b"before")
+        kill_connection(connection_name)
+        with pytest.raises(PublishError, match="cannot publish") as caught:
+            publisher.publish_to_queue(queue, b"lost")
+        assert caught.value.failure == PublishFailure.CONNECTION
+        publisher.publish_to_queue(queue, b"after")
     assert [body for _, _, body in broker.get_all(queue)] == [b"before", b"after"]
 
 
