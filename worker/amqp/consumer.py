@@ -434,8 +434,8 @@ class ThreadedConsumer:
         headers[MESSAGE_HEADER] = verdict.message
         headers[SOURCE_QUEUE_HEADER] = self._queue
         try:
-            self._dead_publisher().publish(
-                "", self._dead_queue, delivery.body, message_id=delivery.message_id, headers=headers
+            self._dead_publisher().publish_to_queue(
+                self._dead_queue, delivery.body, message_id=delivery.message_id, headers=headers
             )
         except B2CError as exc:
             log.error("cannot dead-letter message_id=%s (%s); requeueing instead", delivery.message_id, exc)
