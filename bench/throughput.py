@@ -41,7 +41,10 @@ from typing import IO, Any
 import pika
 import requests
 
-from worker import amqp
+from worker.amqp.connection import connect
+from worker.amqp.topology import declare_topology, delay_queue_name
+from worker.cli.publish import publish_commands
+from worker.events.follow import follow_events
 from worker.payouts.models import originator_conversation_id
 from worker.receiver.service import ReceiverService
 from worker.settings import Settings, load_settings
@@ -123,7 +126,7 @@ class _Events:
             raise BenchError("the event collector could not bind its queue")
 
     def _run(self, url: str, exchange: str) -> None:
-        amqp.follow_events(url, exchange, self._keep, on_ready=self._ready.set, stop=self._stop)
+        follow_events(url, exchange, self._keep, on_ready=self._ready.set, stop=self._stop)
 
     def _keep(self, routing_key: str, body: bytes) -> bool:
         with self._lock:
@@ -235,7 +238,7 @@ class _Bench:
         ids = {c["payout_id"] for c in batch}
         bodies = [json.dumps(c).encode() for c in batch]
         started = time.monotonic()
-        amqp.publish_commands(self.settings.amqp.url, self.settings.amqp.command_queue, bodies)
+        publish_commands(self.settings.amqp.url, self.settings.amqp.command_queue, bodies)
         deadline = started + timeout
         while self.events.last("payout.completed", ids)[0] < payouts:
             if time.monotonic() > deadline or worker.process.poll() is not None:
@@ -261,7 +264,7 @@ def _delete_topology(url: str, names: dict[str, str]) -> None:
         connection = pika.BlockingConnection(pika.URLParameters(url))
         channel = connection.channel()
         for seconds in load_settings({}).flow.retry_delays:  # delay tiers, if the worker deferred a command
-            channel.queue_delete(amqp.delay_queue_name(names["B2C_COMMAND_QUEUE"], seconds))
+            channel.queue_delete(delay_queue_name(names["B2C_COMMAND_QUEUE"], seconds))
         channel.queue_delete(names["B2C_COMMAND_QUEUE"])
         channel.queue_delete(names["B2C_DEAD_QUEUE"])
         channel.exchange_delete(names["B2C_EVENTS_EXCHANGE"])
@@ -319,8 +322,8 @@ def run_benchmark(
             env["B2C_RESULT_URL"] = f"http://127.0.0.1:{receiver.port}/mpesa/result"
             env["B2C_QUEUE_TIMEOUT_URL"] = f"http://127.0.0.1:{receiver.port}/mpesa/queue-timeout"
             settings = load_settings(env)
-            connection = amqp.connect(settings.amqp.url)
-            amqp.declare_topology(connection.channel(), settings.amqp)
+            connection = connect(settings.amqp.url)
+            declare_topology(connection.channel(), settings.amqp)
             connection.close()
             bench = _Bench(env, settings, simulator, work)
             concurrent = bench.phase("concurrent", payouts, {}, warmup, timeout)

@@ -13,7 +13,7 @@ import pika
 import psycopg
 import pytest
 
-from worker.amqp import delay_queue_name
+from worker.amqp.topology import delay_queue_name
 from worker.settings import LedgerSettings, Settings, load_settings
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"

@@ -64,8 +64,22 @@ class TransitionRefused(LedgerError):
         self.target = target
 
 
+class PublishFailure(StrEnum):
+    """Why a publish failed: callers decide by it whether the message was refused or the broker was lost."""
+
+    UNROUTABLE = "unroutable"
+    NACKED = "nacked"
+    REFUSED = "refused"
+    CONNECTION = "connection"
+    CLOSED = "closed"
+
+
 class PublishError(B2CError):
     """The broker did not confirm a message: nacked, unroutable, or the connection failed twice."""
+
+    def __init__(self, message: str, failure: PublishFailure) -> None:
+        super().__init__(message)
+        self.failure = failure
 
 
 class TopologyError(B2CError):

@@ -44,6 +44,32 @@ class ScrubFilter(logging.Filter):
         return True
 
 
+class NoReturnedBodies(logging.Filter):
+    """pika logs the first 255 bytes of every returned (unroutable) message; keep only its routing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Published message was returned"):
+            args = record.args if isinstance(record.args, tuple) else ()
+            record.msg = "Published message was returned (body omitted): method=%r"
+            record.args = (args[2] if len(args) > 2 else None,)
+        return True
+
+
+PIKA_RETURNS_LOGGER = "pika.adapters.blocking_connection"
+
+
+def quiet_returned_bodies() -> None:
+    """Install :class:`NoReturnedBodies` on pika's logger, once: bodies carry phone numbers.
+
+    Called by :func:`setup_logging` and by every publisher, so a returned body never reaches a handler
+    whoever configured logging (a test, an embedding program).
+    """
+    logger = logging.getLogger(PIKA_RETURNS_LOGGER)
+    with _lock:
+        if not any(isinstance(f, NoReturnedBodies) for f in logger.filters):
+            logger.addFilter(NoReturnedBodies())
+
+
 def setup_logging(level: str, secrets: list[str] | None = None) -> None:
     """Configure the root logger once per process, with the scrub filter on every handler."""
     for secret in secrets or []:
@@ -58,3 +84,4 @@ def setup_logging(level: str, secrets: list[str] | None = None) -> None:
     root.setLevel(level)
     # pika's INFO is connection chatter and its DEBUG prints frames with message bodies (phone numbers).
     logging.getLogger("pika").setLevel(logging.WARNING)
+    quiet_returned_bodies()

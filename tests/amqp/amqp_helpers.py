@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 
 import pika
 
-from worker.amqp import ThreadedConsumer
+from worker.amqp.consumer import ThreadedConsumer
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

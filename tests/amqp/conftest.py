@@ -11,7 +11,7 @@ import pika.exceptions
 import pytest
 from amqp_helpers import Broker, Running, Starter
 
-from worker.amqp import ThreadedConsumer
+from worker.amqp.consumer import ThreadedConsumer
 from worker.settings import AmqpSettings, load_settings
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"

@@ -15,7 +15,7 @@ import pytest
 from amqp_helpers import Broker, Starter, kill_connection, wait_for
 from prometheus_client import REGISTRY
 
-from worker.amqp import (
+from worker.amqp.consumer import (
     REASON_HEADER,
     Ack,
     DeadLetter,
@@ -23,8 +23,8 @@ from worker.amqp import (
     Disposition,
     Requeue,
     ThreadedConsumer,
-    declare_topology,
 )
+from worker.amqp.topology import declare_topology
 from worker.errors import BrokerUnavailable
 from worker.settings import AmqpSettings
 

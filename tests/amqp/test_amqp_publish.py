@@ -1,22 +1,23 @@
-"""The confirmed publisher and the command-line helpers, against the real broker."""
+"""The confirmed publisher, the returned-body filter, and the publish/events commands, against the real broker."""
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
 import pytest
 from amqp_helpers import Broker, kill_connection
 
-from worker.amqp import (
-    ConfirmedPublisher,
-    declare_topology,
-    follow_events,
-    publish_commands,
-)
-from worker.errors import PublishError, TopologyError
+from worker.amqp.publisher import ConfirmedPublisher
+from worker.amqp.topology import declare_topology
+from worker.cli.publish import publish_commands
+from worker.errors import PublishError, PublishFailure, TopologyError
+from worker.events.follow import follow_events
+from worker.logs import PIKA_RETURNS_LOGGER, NoReturnedBodies
 from worker.settings import AmqpSettings
 
 
@@ -78,6 +79,36 @@ def test_unroutable_message_raises_without_logging_its_body(
     assert "254712345678" not in caplog.text
 
 
+def test_a_new_publisher_hides_returned_bodies_even_without_logging_set_up(
+    amqp_url: str, bound: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    pika_logger = logging.getLogger(PIKA_RETURNS_LOGGER)
+    for installed in [f for f in pika_logger.filters if isinstance(f, NoReturnedBodies)]:
+        pika_logger.removeFilter(installed)
+    exchange, _ = bound
+    with caplog.at_level(logging.DEBUG), ConfirmedPublisher(amqp_url) as publisher, ConfirmedPublisher(amqp_url):
+        assert len([f for f in pika_logger.filters if isinstance(f, NoReturnedBodies)]) == 1
+        with pytest.raises(PublishError, match="unroutable"):
+            publisher.publish(exchange, "nobody.listens", b'{"msisdn": "254712345678"}')
+    assert "Published message was returned (body omitted)" in caplog.text
+    assert "254712345678" not in caplog.text
+
+
+def test_importing_sets_up_no_logging_and_setup_logging_hides_returned_bodies() -> None:
+    probe = (
+        "import logging, worker.amqp.consumer, worker.amqp.publisher, worker.cli.main\n"
+        "from worker.logs import PIKA_RETURNS_LOGGER, NoReturnedBodies, setup_logging\n"
+        "pika_logger = logging.getLogger(PIKA_RETURNS_LOGGER)\n"
+        "def count(): return sum(isinstance(f, NoReturnedBodies) for f in pika_logger.filters)\n"
+        "before = count()\n"
+        "setup_logging('INFO')\n"
+        "setup_logging('INFO')\n"
+        "print(before, count())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["0", "1"]
+
+
 def test_missing_exchange_raises_and_the_publisher_recovers(
     broker: Broker, amqp_url: str, bound: tuple[str, str], names: Callable[[str], str]
 ) -> None:
@@ -98,6 +129,30 @@ def test_publisher_reconnects_after_its_connection_is_killed(
         publisher.publish(exchange, "payout.accepted", b"before")
         kill_connection(connection_name)
         publisher.publish(exchange, "payout.accepted", b"after")
+    assert [body for _, _, body in broker.get_all(queue)] == [b"before", b"after"]
+
+
+def test_publishing_to_a_missing_queue_is_unroutable(amqp_url: str, names: Callable[[str], str]) -> None:
+    queue = names("no-such-queue")
+    with ConfirmedPublisher(amqp_url) as publisher, pytest.raises(PublishError, match="does not exist") as caught:
+        publisher.publish_to_queue(queue, b"{}")
+    assert caught.value.failure == PublishFailure.UNROUTABLE
+    assert repr(queue) in str(caught.value)
+
+
+def test_without_reconnect_a_lost_connection_fails_the_publish_once(
+    broker: Broker, amqp_url: str, names: Callable[[str], str]
+) -> None:
+    queue, connection_name = names("no-reconnect"), names("publisher")
+    broker.channel.queue_declare(queue, durable=True)
+    # A long heartbeat keeps the keep-alive thread from noticing the kill before the publish does.
+    with ConfirmedPublisher(amqp_url, name=connection_name, heartbeat=600, reconnect=False) as publisher:
+        publisher.publish_to_queue(queue, b"before")
+        kill_connection(connection_name)
+        with pytest.raises(PublishError, match="cannot publish") as caught:
+            publisher.publish_to_queue(queue, b"lost")
+        assert caught.value.failure == PublishFailure.CONNECTION
+        publisher.publish_to_queue(queue, b"after")
     assert [body for _, _, body in broker.get_all(queue)] == [b"before", b"after"]
 
 

@@ -10,14 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from amqp_helpers import Broker, wait_for
+from amqp_helpers import Broker
 
-from worker.amqp import (
-    connect,
-    dead_letters,
-    declare_topology,
-    queue_depth,
-)
+from worker.amqp.connection import connect
+from worker.amqp.topology import declare_topology, queue_depth
 from worker.errors import B2CError, BrokerUnavailable, TopologyError
 from worker.settings import AmqpSettings
 
@@ -105,15 +101,3 @@ def test_queue_depth_counts_ready_messages_and_refuses_a_missing_queue(
     assert queue_depth(broker.channel, queue) == 3
     with pytest.raises(TopologyError, match="does not exist"):
         queue_depth(broker.channel, names("missing"))
-
-
-def test_dead_letters_peeks_without_removing(broker: Broker, amqp_url: str, amqp_settings: AmqpSettings) -> None:
-    declare_topology(broker.channel, amqp_settings)
-    for index in range(3):
-        broker.put(amqp_settings.dead_queue, f'{{"n": {index}}}'.encode(), message_id=f"m{index}")
-
-    peeked = dead_letters(amqp_url, amqp_settings.dead_queue, limit=2)
-
-    assert len(peeked) == 2
-    assert {delivery.message_id for delivery in peeked} <= {"m0", "m1", "m2"}
-    wait_for(lambda: broker.depth(amqp_settings.dead_queue) == 3, what="peeked messages back in the queue")

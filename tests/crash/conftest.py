@@ -27,7 +27,7 @@ import requests
 
 from tests.conftest import fast_settings_env
 from tests.pipeline.conftest import declare
-from worker import amqp
+from worker.cli.publish import publish_commands
 from worker.ledger import Ledger, open_ledger
 from worker.payouts.models import PayoutStatus, originator_conversation_id
 from worker.receiver.service import ReceiverService
@@ -244,7 +244,7 @@ class CrashRig:
 
     def publish(self, batch: list[dict[str, Any]]) -> None:
         bodies = [json.dumps(c).encode() for c in batch]
-        amqp.publish_commands(self.settings.amqp.url, self.settings.amqp.command_queue, bodies)
+        publish_commands(self.settings.amqp.url, self.settings.amqp.command_queue, bodies)
 
     def originator(self, payout_id: str) -> str:
         return originator_conversation_id(self.settings.mpesa.shortcode, self.settings.mpesa.org_name, payout_id)

@@ -28,7 +28,8 @@ import requests
 from tests.conftest import POSTGRES_ADMIN_URL, RABBITMQ_URL
 from tests.flow.conftest import breaker, queued
 from tests.pipeline.conftest import EventLog, declare
-from worker import amqp
+from worker.amqp.topology import delay_queue_name
+from worker.cli.publish import publish_commands
 from worker.cli.stack import LocalStack, start_local_stack
 from worker.ledger import open_ledger
 from worker.payouts.models import PayoutStatus, originator_conversation_id
@@ -175,7 +176,7 @@ def group_stack(make_settings: Callable[..., Settings], env: dict[str, str]) -> 
             connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
             channel = connection.channel()
             for seconds in settings.flow.retry_delays:
-                channel.queue_delete(amqp.delay_queue_name(names["B2C_COMMAND_QUEUE"], seconds))
+                channel.queue_delete(delay_queue_name(names["B2C_COMMAND_QUEUE"], seconds))
             channel.queue_delete(names["B2C_COMMAND_QUEUE"])
             channel.queue_delete(names["B2C_DEAD_QUEUE"])
             channel.exchange_delete(names["B2C_EVENTS_EXCHANGE"])
@@ -194,7 +195,7 @@ def commands(batch: Batch, tag: str) -> list[dict[str, Any]]:
 
 def publish(stack: LocalStack, cmds: list[dict[str, Any]]) -> None:
     bodies = [json.dumps(c).encode() for c in cmds]
-    amqp.publish_commands(stack.settings.amqp.url, stack.settings.amqp.command_queue, bodies)
+    publish_commands(stack.settings.amqp.url, stack.settings.amqp.command_queue, bodies)
 
 
 def payments(stack: Measured) -> list[dict[str, Any]]:

@@ -18,7 +18,8 @@ import pytest
 import requests
 
 from tests.pipeline.conftest import Harness, harness_factory
-from worker import amqp
+from worker.amqp.connection import connect
+from worker.amqp.topology import delay_queue_name, queue_depth
 from worker.errors import TopologyError
 from worker.ledger.flow_state import BreakerRow, FlowStore
 from worker.settings import Settings
@@ -46,7 +47,7 @@ def _delete_delay_queues(request: pytest.FixtureRequest) -> Iterator[None]:
         connection = pika.BlockingConnection(pika.URLParameters(names["B2C_AMQP_URL"]))
         channel = connection.channel()
         for seconds in CLEANED_DELAYS:
-            channel.queue_delete(amqp.delay_queue_name(names["B2C_COMMAND_QUEUE"], seconds))
+            channel.queue_delete(delay_queue_name(names["B2C_COMMAND_QUEUE"], seconds))
         connection.close()
 
 
@@ -63,15 +64,15 @@ def wait_until(
 
 def queued(settings: Settings) -> int:
     """Messages ready in the command queue and its delay tiers (none of them sent, none of them failed)."""
-    connection = amqp.connect(settings.amqp.url, name="flow-test")
+    connection = connect(settings.amqp.url, name="flow-test")
     total = 0
     try:
         names = [settings.amqp.command_queue] + [
-            amqp.delay_queue_name(settings.amqp.command_queue, s) for s in settings.flow.retry_delays
+            delay_queue_name(settings.amqp.command_queue, s) for s in settings.flow.retry_delays
         ]
         for name in names:
             with contextlib.suppress(TopologyError):  # a tier is declared when first used
-                total += amqp.queue_depth(connection.channel(), name)
+                total += queue_depth(connection.channel(), name)
         return total
     finally:
         connection.close()

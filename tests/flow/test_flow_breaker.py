@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from tests.flow.conftest import FAST, Sim, breaker, command, epoch, queued, wait_until
 from tests.pipeline.conftest import Harness
-from worker.amqp import Ack, Delivery
+from worker.amqp.consumer import Ack, Delivery
 from worker.ledger.flow_state import FlowStore
 from worker.paying.service import WorkerService
 from worker.payouts.models import PayoutStatus, originator_conversation_id, parse_command

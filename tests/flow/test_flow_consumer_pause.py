@@ -9,24 +9,26 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.flow.conftest import wait_until
-from worker import amqp
-from worker.amqp import Ack, Delivery, Disposition, ThreadedConsumer
+from worker.amqp.connection import connect
+from worker.amqp.consumer import Ack, Delivery, Disposition, ThreadedConsumer
+from worker.amqp.topology import declare_topology, queue_depth
+from worker.cli.publish import publish_commands
 from worker.settings import Settings
 
 
 @pytest.fixture
 def queue(amqp_names: dict[str, str], make_settings: Callable[..., Settings]) -> Iterator[Settings]:
     settings = make_settings(**amqp_names)
-    connection = amqp.connect(settings.amqp.url)
-    amqp.declare_topology(connection.channel(), settings.amqp)
+    connection = connect(settings.amqp.url)
+    declare_topology(connection.channel(), settings.amqp)
     connection.close()
     yield settings
 
 
 def depth(settings: Settings) -> int:
-    connection = amqp.connect(settings.amqp.url)
+    connection = connect(settings.amqp.url)
     try:
-        return amqp.queue_depth(connection.channel(), settings.amqp.command_queue)
+        return queue_depth(connection.channel(), settings.amqp.command_queue)
     finally:
         connection.close()
 
@@ -45,7 +47,7 @@ def test_paused_consumer_takes_nothing_until_resumed(queue: Settings) -> None:
     runner = threading.Thread(target=consumer.run, daemon=True)
     runner.start()
     try:
-        amqp.publish_commands(queue.amqp.url, queue.amqp.command_queue, [b"a", b"b", b"c"])
+        publish_commands(queue.amqp.url, queue.amqp.command_queue, [b"a", b"b", b"c"])
         time.sleep(0.6)
         assert seen == [] and depth(queue) == 3 and consumer.paused
 
@@ -53,7 +55,7 @@ def test_paused_consumer_takes_nothing_until_resumed(queue: Settings) -> None:
         wait_until(lambda: len(seen) == 3, 10, "the three messages after resume")
         consumer.pause("breaker open")
         time.sleep(0.3)
-        amqp.publish_commands(queue.amqp.url, queue.amqp.command_queue, [b"d", b"e"])
+        publish_commands(queue.amqp.url, queue.amqp.command_queue, [b"d", b"e"])
         time.sleep(0.6)
         assert len(seen) == 3 and depth(queue) == 2
 

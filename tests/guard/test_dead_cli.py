@@ -20,7 +20,9 @@ import pytest
 
 from tests.guard.conftest import TOKEN
 from tests.pipeline.conftest import Harness, declare
-from worker.amqp import MESSAGE_HEADER, REASON_HEADER
+from worker.amqp.connection import connect
+from worker.amqp.consumer import MESSAGE_HEADER, REASON_HEADER
+from worker.amqp.topology import queue_depth
 from worker.cli.dead import REPLAYED_FROM_HEADER, DeadQueue
 from worker.cli.main import build_parser
 from worker.errors import DeadError
@@ -186,6 +188,23 @@ def queues_only(
     settings = make_settings(**amqp_names, **ledger_env, B2C_CALLBACK_TOKEN=TOKEN)
     declare(settings)
     return settings
+
+
+def test_peeking_hands_every_message_back(queues_only: Settings) -> None:
+    settings = queues_only
+    for index in range(3):
+        put_dead(settings, f'{{"n": {index}}}'.encode(), "invalid_command", f"m{index}")
+
+    peeked = DeadQueue(settings).peek(2)
+
+    assert len(peeked) == 2
+    assert {message.message for message in peeked} <= {"m0", "m1", "m2"}
+    connection = connect(settings.amqp.url)
+    deadline = time.monotonic() + 10
+    while queue_depth(connection.channel(), settings.amqp.dead_queue) != 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert queue_depth(connection.channel(), settings.amqp.dead_queue) == 3, "peeked messages back in the queue"
+    connection.close()
 
 
 def test_replay_marks_the_copy_and_refuses_a_missing_command_queue(

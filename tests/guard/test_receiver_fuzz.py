@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests.guard.conftest import TOKEN, Receiver, count, snapshot
 from tests.pipeline.conftest import declare
-from worker import amqp
+from worker.amqp.publisher import ConfirmedPublisher
 from worker.events.relay import OutboxRelay
 from worker.ledger import Ledger, open_ledger
 from worker.payouts.models import CommandId, Payout, PayoutCommand, originator_conversation_id
@@ -117,7 +117,7 @@ def app(
     declare(settings)
     ledger = open_ledger(settings.ledger)
     url = settings.amqp.url
-    relay = OutboxRelay(ledger, lambda: amqp.ConfirmedPublisher(url), settings.amqp.events_exchange)
+    relay = OutboxRelay(ledger, lambda: ConfirmedPublisher(url), settings.amqp.events_exchange)
     try:
         yield CallbackReceiver(settings, ledger, relay), ledger, settings, _payouts(ledger, settings)
     finally:

@@ -37,7 +37,7 @@ from typing import Any
 import pika
 import requests
 
-from worker.amqp import publish_commands
+from worker.cli.publish import publish_commands
 from worker.errors import B2CError
 from worker.ledger import Ledger, open_ledger
 from worker.settings import Settings, load_settings

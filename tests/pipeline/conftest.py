@@ -12,8 +12,11 @@ import pika
 import pytest
 import requests
 
-from worker import amqp
+from worker.amqp.connection import connect
+from worker.amqp.topology import declare_topology
+from worker.cli.publish import publish_commands
 from worker.cli.stack import LocalStack, start_local_stack
+from worker.events.follow import follow_events
 from worker.settings import Settings
 from worker.simulator import SimulatorOptions
 
@@ -31,7 +34,7 @@ class EventLog:
         assert self._ready.wait(10), "event collector did not bind its queue"
 
     def _run(self, url: str, exchange: str) -> None:
-        amqp.follow_events(url, exchange, self._keep, on_ready=self._ready.set, stop=self._stop)
+        follow_events(url, exchange, self._keep, on_ready=self._ready.set, stop=self._stop)
 
     def _keep(self, routing_key: str, body: bytes) -> bool:
         with self._lock:
@@ -74,7 +77,7 @@ class Harness:
 
     def publish(self, commands: list[dict[str, Any]] | list[bytes]) -> None:
         bodies = [c if isinstance(c, bytes) else json.dumps(c).encode() for c in commands]
-        amqp.publish_commands(self.settings.amqp.url, self.settings.amqp.command_queue, bodies)
+        publish_commands(self.settings.amqp.url, self.settings.amqp.command_queue, bodies)
 
     def transactions(self) -> list[dict[str, Any]]:
         response = requests.get(f"{self.stack.simulator.base_url}/simulator/transactions", timeout=5)
@@ -106,8 +109,8 @@ class Harness:
 
 
 def declare(settings: Settings) -> None:
-    connection = amqp.connect(settings.amqp.url)
-    amqp.declare_topology(connection.channel(), settings.amqp)
+    connection = connect(settings.amqp.url)
+    declare_topology(connection.channel(), settings.amqp)
     connection.close()
 
 

@@ -28,18 +28,19 @@ import contextlib
 import hashlib
 import json
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pika
 import pika.exceptions
 
-from worker import amqp
-from worker.errors import BrokerUnavailable, DeadError
+from worker.amqp.connection import connect
+from worker.amqp.consumer import DELIVERY_COUNT_HEADER, MESSAGE_HEADER, REASON_HEADER, SOURCE_QUEUE_HEADER
+from worker.amqp.publisher import ConfirmedPublisher
+from worker.amqp.topology import queue_depth
+from worker.errors import BrokerUnavailable, DeadError, PublishError, PublishFailure
 from worker.events.relay import OutboxRelay
 from worker.ledger import Ledger, QuarantinedResult, open_ledger
 from worker.payouts.models import extract_payout_id, normalise_msisdn
@@ -49,7 +50,7 @@ from worker.settings import Settings, redact_url
 REPLAYED_FROM_HEADER = "x-b2c-replayed-from"
 QUARANTINE_PREFIX = "q:"
 DEFAULT_SCAN = 10_000
-_VOLATILE_HEADERS = frozenset({amqp.DELIVERY_COUNT_HEADER})
+_VOLATILE_HEADERS = frozenset({DELIVERY_COUNT_HEADER})
 _MESSAGE_WIDTH = 60
 
 
@@ -143,11 +144,11 @@ def message_key(body: bytes, message_id: str | None, timestamp: int | None, head
 
 def _reason(headers: dict[str, Any]) -> tuple[str, str, str | None, datetime | None]:
     """(reason, message, source queue, when) from the worker's headers or the broker's x-death."""
-    if amqp.REASON_HEADER in headers:
+    if REASON_HEADER in headers:
         return (
-            str(_plain(headers[amqp.REASON_HEADER])),
-            str(_plain(headers.get(amqp.MESSAGE_HEADER, ""))),
-            _text(headers.get(amqp.SOURCE_QUEUE_HEADER)),
+            str(_plain(headers[REASON_HEADER])),
+            str(_plain(headers.get(MESSAGE_HEADER, ""))),
+            _text(headers.get(SOURCE_QUEUE_HEADER)),
             None,
         )
     deaths = headers.get("x-death")
@@ -213,10 +214,11 @@ class DeadQueue:
         """Republish the chosen messages (all if ``ids`` is None) to the command queue, then ack them."""
         if body is not None and (ids is None or len(ids) != 1):
             raise DeadError("--body replays exactly one message: give its id")
-        with self._session() as (channel, connection):
-            publisher = connection.channel()
-            publisher.confirm_delivery()
-            self._require_command_queue(publisher)
+        with (
+            self._session() as (channel, connection),
+            ConfirmedPublisher(self._url, name="mpesa-b2c-dead", reconnect=False) as publisher,
+        ):
+            self._require_command_queue(connection.channel())
             done: list[DeadMessage] = []
             for tag, message in self._take(channel, self._scan_limit):
                 if ids is not None and message.id not in ids:
@@ -243,10 +245,10 @@ class DeadQueue:
     @contextlib.contextmanager
     def _session(self) -> Iterator[tuple[Any, Any]]:
         safe = redact_url(self._url)
-        connection = amqp.connect(self._url, name="mpesa-b2c-dead")
+        connection = connect(self._url, name="mpesa-b2c-dead")
         try:
             channel = connection.channel()
-            amqp.queue_depth(channel, self._queue)
+            queue_depth(channel, self._queue)
             try:
                 yield channel, connection
             finally:
@@ -277,18 +279,21 @@ class DeadQueue:
         except pika.exceptions.ChannelClosedByBroker as exc:
             raise DeadError(f"command queue {self._command_queue!r} does not exist: {exc.reply_text}") from None
 
-    def _republish(self, channel: Any, message: DeadMessage, body: bytes) -> None:
-        properties = pika.BasicProperties(
-            content_type=amqp.CONTENT_TYPE,
-            delivery_mode=amqp.PERSISTENT,
-            message_id=extract_payout_id(body) or message.message_id,
-            headers={REPLAYED_FROM_HEADER: message.id},
-            timestamp=int(time.time()),
-        )
+    def _republish(self, publisher: ConfirmedPublisher, message: DeadMessage, body: bytes) -> None:
+        """Confirmed before the caller acks the dead copy; a lost broker is BrokerUnavailable, as for the reads."""
         try:
-            channel.basic_publish("", self._command_queue, body, properties, mandatory=True)
-        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-            raise DeadError(f"the broker did not take the replay of {message.id}: {exc}; it stays dead") from None
+            publisher.publish_to_queue(
+                self._command_queue,
+                body,
+                message_id=extract_payout_id(body) or message.message_id,
+                headers={REPLAYED_FROM_HEADER: message.id},
+            )
+        except PublishError as exc:
+            if exc.failure in (PublishFailure.UNROUTABLE, PublishFailure.NACKED):
+                raise DeadError(f"the broker did not take the replay of {message.id}: {exc}; it stays dead") from None
+            raise BrokerUnavailable(
+                f"lost RabbitMQ at {redact_url(self._url)} while working on {self._queue!r}: {exc}"
+            ) from None
 
 
 def _corrected(message: DeadMessage, body: bytes) -> bytes:
@@ -543,7 +548,7 @@ def cmd_release(settings: Settings, args: argparse.Namespace) -> int:
         if payout is not None:
             url = settings.amqp.url
             relay = OutboxRelay(
-                ledger, lambda: amqp.ConfirmedPublisher(url, name="mpesa-b2c-dead"), settings.amqp.events_exchange
+                ledger, lambda: ConfirmedPublisher(url, name="mpesa-b2c-dead"), settings.amqp.events_exchange
             )
             try:
                 published = relay.try_flush(payout.payout_id)

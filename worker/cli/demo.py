@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pika
 
-from worker import amqp
+from worker.amqp.connection import connect
+from worker.cli.publish import publish_commands
 from worker.cli.stack import start_local_stack
 from worker.errors import B2CError
+from worker.events.follow import follow_events
 from worker.settings import Settings
 from worker.simulator import SimulatorOptions
 
@@ -86,7 +88,7 @@ def _free_settings(settings: Settings, run: str, data_dir: Path) -> Settings:
 
 def _wait_for_exchange(url: str, exchange: str, deadline: float) -> None:
     while True:
-        connection = amqp.connect(url, name="mpesa-b2c-demo")
+        connection = connect(url, name="mpesa-b2c-demo")
         try:
             connection.channel().exchange_declare(exchange=exchange, passive=True)
             return
@@ -101,7 +103,7 @@ def _wait_for_exchange(url: str, exchange: str, deadline: float) -> None:
 
 def _cleanup(settings: Settings) -> None:
     with contextlib.suppress(B2CError, pika.exceptions.AMQPError):
-        connection = amqp.connect(settings.amqp.url, name="mpesa-b2c-demo")
+        connection = connect(settings.amqp.url, name="mpesa-b2c-demo")
         channel = connection.channel()
         for queue in (settings.amqp.command_queue, settings.amqp.dead_queue):
             channel.queue_delete(queue=queue)
@@ -111,7 +113,7 @@ def _cleanup(settings: Settings) -> None:
 
 def run_demo(base: Settings, *, timeout: float = 60.0, out: object = print) -> int:
     say = out if callable(out) else print
-    amqp.connect(base.amqp.url, name="mpesa-b2c-demo").close()  # fail fast, naming the URL, if no broker
+    connect(base.amqp.url, name="mpesa-b2c-demo").close()  # fail fast, naming the URL, if no broker
     run = uuid.uuid4().hex[:8]
     logging.getLogger().setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="mpesa-b2c-demo-") as tmp:
@@ -166,7 +168,7 @@ def _drive(settings: Settings, run: str, timeout: float, say: object) -> int:  #
 
     bound = threading.Event()
     follower = threading.Thread(
-        target=amqp.follow_events,
+        target=follow_events,
         args=(settings.amqp.url, settings.amqp.events_exchange, on_event),
         kwargs={"timeout": max(1.0, deadline - time.monotonic()), "on_ready": bound.set},
         daemon=True,
@@ -178,11 +180,11 @@ def _drive(settings: Settings, run: str, timeout: float, say: object) -> int:  #
     show("publishing:")
     for label, body in first:
         show(f"  {label:18} {body.decode()}")
-    amqp.publish_commands(settings.amqp.url, settings.amqp.command_queue, [body for _, body in first])
+    publish_commands(settings.amqp.url, settings.amqp.command_queue, [body for _, body in first])
     show("events:")
     if others_done.wait(max(0.0, deadline - time.monotonic())):
         show(f"publishing, once the others are final:\n  {last[0]:18} {last[1].decode()}")
-        amqp.publish_commands(settings.amqp.url, settings.amqp.command_queue, [last[1]])
+        publish_commands(settings.amqp.url, settings.amqp.command_queue, [last[1]])
         done.wait(max(0.0, deadline - time.monotonic()))
     follower.join(5)
     missing = sorted(expected_final - set(final))

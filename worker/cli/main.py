@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from types import FrameType
 
 from worker import __version__
-from worker.amqp import follow_events, publish_commands
 from worker.cli.breaker import add_breaker_parser
 from worker.cli.dead import add_dead_parser
 from worker.cli.demo import run_demo
+from worker.cli.publish import add_publish_parsers
 from worker.errors import B2CError, BrokerUnavailable, ConfigError
 from worker.logs import scrub, setup_logging
 from worker.paying.service import WorkerService
@@ -64,49 +61,6 @@ def cmd_simulator(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_bodies(args: argparse.Namespace) -> Iterator[bytes]:
-    if args.file is None:
-        if args.command is None:
-            raise B2CError("give a command as JSON text, or --file FILE (JSON Lines; - for standard input)")
-        yield args.command.encode("utf-8")
-        return
-    stream = sys.stdin.buffer if args.file == "-" else Path(args.file).open("rb")  # noqa: SIM115
-    with stream:
-        for line in stream:
-            if line.strip():
-                yield line.strip()
-
-
-def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
-    count = publish_commands(
-        settings.amqp.url,
-        settings.amqp.command_queue,
-        _command_bodies(args),
-        declare=settings.amqp if args.declare else None,
-    )
-    print(f"published {count} command(s) to {settings.amqp.command_queue!r}")
-    return 0
-
-
-def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
-    seen = 0
-
-    def show(routing_key: str, body: bytes) -> bool:
-        nonlocal seen
-        seen += 1
-        if args.json:
-            print(body.decode("utf-8", "replace"), flush=True)
-        else:
-            event = json.loads(body)
-            extra = event.get("reason") or (event.get("result") or {}).get("receipt") or ""
-            flag = " (duplicate)" if event.get("duplicate") else ""
-            print(f"{routing_key:18} {event.get('payout_id')}{flag} {extra}".rstrip(), flush=True)
-        return args.count is None or seen < args.count
-
-    follow_events(settings.amqp.url, settings.amqp.events_exchange, show, binding=args.binding, timeout=args.timeout)
-    return 0
-
-
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, timeout=args.timeout)
 
@@ -134,18 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulator_arguments(p)
     p.set_defaults(func=cmd_simulator)
 
-    p = sub.add_parser("publish", help="publish payout command(s) to the command queue")
-    p.add_argument("command", nargs="?", help="one command as JSON text")
-    p.add_argument("--file", help="a JSON Lines file of commands (- for standard input)")
-    p.add_argument("--declare", action="store_true", help="declare the queues first (normally the worker does)")
-    p.set_defaults(func=cmd_publish)
-
-    p = sub.add_parser("events", help="print payout events as they arrive")
-    p.add_argument("--binding", default="payout.#", help="routing-key pattern (default payout.#)")
-    p.add_argument("--count", type=int, help="stop after this many events")
-    p.add_argument("--timeout", type=float, help="stop after this many seconds")
-    p.add_argument("--json", action="store_true", help="print each event's full JSON")
-    p.set_defaults(func=cmd_events)
+    add_publish_parsers(sub)
 
     p = sub.add_parser("demo", help="run simulator, receiver and worker locally and pay a few demo payouts")
     p.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds (default 60)")

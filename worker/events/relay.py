@@ -12,7 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from worker import amqp, metrics
+from worker import metrics
+from worker.amqp.publisher import ConfirmedPublisher
 from worker.errors import B2CError
 from worker.ledger import Ledger, OutboxEvent
 from worker.settings import Settings
@@ -113,6 +114,4 @@ class OutboxRelay:
 
 def relay_for(settings: Settings, ledger: Ledger) -> OutboxRelay:
     url = settings.amqp.url
-    return OutboxRelay(
-        ledger, lambda: amqp.ConfirmedPublisher(url, name="mpesa-b2c-events"), settings.amqp.events_exchange
-    )
+    return OutboxRelay(ledger, lambda: ConfirmedPublisher(url, name="mpesa-b2c-events"), settings.amqp.events_exchange)

@@ -1,7 +1,7 @@
 """Retry later without blocking: a command M-PESA did not process waits in a RabbitMQ delay queue, not a thread.
 
 Each tier of ``B2C_RETRY_DELAYS`` is a durable queue nobody consumes (``<command queue>.retry.<delay>``, see
-:func:`worker.amqp.declare_delay_queues`; declared the first time a process uses it, so a worker that never
+:func:`worker.amqp.topology.declare_delay_queues`; declared the first time a process uses it, so a worker that never
 defers creates none): a message expires there after the tier's delay and is dead-lettered back to the
 command queue. The worker publishes a copy of the command to the tier (with
 publisher confirms) and only then acks the delivery, so the command is always in exactly one queue (at
@@ -29,17 +29,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from worker import metrics
-from worker.amqp import (
-    Ack,
-    ConfirmedPublisher,
-    Delivery,
-    Disposition,
-    Requeue,
-    connect,
-    declare_delay_queues,
-    delay_queue_name,
-    delay_tier_label,
-)
+from worker.amqp.connection import connect
+from worker.amqp.consumer import Ack, Delivery, Disposition, Requeue
+from worker.amqp.publisher import ConfirmedPublisher
+from worker.amqp.topology import declare_delay_queues, delay_queue_name, delay_tier_label
 from worker.errors import B2CError
 from worker.gateway.g2 import NOT_SENT_REASONS, GatewayAnswer, HoldReason
 from worker.settings import AmqpSettings
@@ -180,7 +173,7 @@ class Deferrer:
             if self._publisher is None:
                 self._publisher = self._factory()
             publisher = self._publisher
-        publisher.publish("", queue, delivery.body, message_id=delivery.message_id, headers=headers)
+        publisher.publish_to_queue(queue, delivery.body, message_id=delivery.message_id, headers=headers)
 
 
 def _copy_headers(headers: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from worker import metrics
-from worker.amqp import Ack, DeadLetter, Delivery, Disposition, Requeue
+from worker.amqp.consumer import Ack, DeadLetter, Delivery, Disposition, Requeue
 from worker.errors import B2CError, InvalidCommand, ProtocolError
 from worker.flow.control import FlowControl
 from worker.flow.deferral import Deferrer, GiveUp, Hold

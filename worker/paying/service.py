@@ -15,7 +15,11 @@ from typing import Any
 
 from prometheus_client import make_wsgi_app
 
-from worker import __version__, amqp, metrics
+from worker import __version__, metrics
+from worker.amqp.connection import connect
+from worker.amqp.consumer import ThreadedConsumer
+from worker.amqp.publisher import ConfirmedPublisher
+from worker.amqp.topology import declare_topology, queue_depth
 from worker.background import Background
 from worker.errors import B2CError
 from worker.events.relay import relay_for
@@ -54,7 +58,7 @@ class WorkerService:
         self.deferrer = Deferrer(
             settings.amqp,
             settings.flow.retry_delays,
-            lambda: amqp.ConfirmedPublisher(settings.amqp.url, name="mpesa-b2c-deferrals"),
+            lambda: ConfirmedPublisher(settings.amqp.url, name="mpesa-b2c-deferrals"),
         )
         self.processor = PayoutProcessor(
             settings, self.ledger, self.gateway, self.relay, flow=self.flow, deferrer=self.deferrer
@@ -62,13 +66,13 @@ class WorkerService:
         self.lookups = LookupRunner(
             settings, self.ledger, self.gateway, self.relay, send_lease_seconds=self.processor.send_lease_seconds
         )
-        self.consumer = amqp.ThreadedConsumer(
+        self.consumer = ThreadedConsumer(
             settings.amqp.url,
             settings.amqp.command_queue,
             self.processor.handle,
             concurrency=settings.concurrency,
             prefetch=settings.amqp.prefetch,
-            on_connected=lambda channel: amqp.declare_topology(channel, settings.amqp),
+            on_connected=lambda channel: declare_topology(channel, settings.amqp),
             dead_queue=settings.amqp.dead_queue,
             name="mpesa-b2c-worker",
             # On SIGTERM, wait as long as one send can take before giving up on the payouts in flight.
@@ -139,9 +143,9 @@ class WorkerService:
         self.ledger.close()
 
     def _queue_gauge(self) -> None:
-        connection = amqp.connect(self.settings.amqp.url, name="mpesa-b2c-gauge")
+        connection = connect(self.settings.amqp.url, name="mpesa-b2c-gauge")
         try:
-            depth = amqp.queue_depth(connection.channel(), self.settings.amqp.command_queue)
+            depth = queue_depth(connection.channel(), self.settings.amqp.command_queue)
             metrics.QUEUE_DEPTH.set(depth)
         finally:
             with contextlib.suppress(Exception):
