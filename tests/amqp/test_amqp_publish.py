@@ -8,8 +8,8 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from amqp_helpers import Broker, kill_connection
 
+from tests.support.broker import Broker, kill_connection
 from worker.amqp import (
     ConfirmedPublisher,
     declare_topology,

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from amqp_helpers import Broker, wait_for
 
+from tests.support.broker import Broker
+from tests.support.waiting import wait_until
 from worker.amqp import (
     connect,
     dead_letters,
@@ -116,4 +117,4 @@ def test_dead_letters_peeks_without_removing(broker: Broker, amqp_url: str, amqp
 
     assert len(peeked) == 2
     assert {delivery.message_id for delivery in peeked} <= {"m0", "m1", "m2"}
-    wait_for(lambda: broker.depth(amqp_settings.dead_queue) == 3, what="peeked messages back in the queue")
+    wait_until(lambda: broker.depth(amqp_settings.dead_queue) == 3, what="peeked messages back in the queue")

@@ -15,8 +15,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import REGISTRY
 
-from tests.flow.conftest import FAST, Sim, breaker, command, epoch, queued, wait_until
-from tests.pipeline.conftest import Harness
+from tests.support.commands import command
+from tests.support.flow import FAST, Sim, breaker, epoch, queued
+from tests.support.pipeline import Harness
+from tests.support.waiting import wait_until
 from worker.amqp import Ack, Delivery
 from worker.ledger.flow_state import FlowStore
 from worker.paying.service import WorkerService

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.flow.conftest import wait_until
+from tests.support.waiting import wait_until
 from worker import amqp
 from worker.amqp import Ack, Delivery, Disposition, ThreadedConsumer
 from worker.settings import Settings

@@ -12,7 +12,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from g2_double import (
+from lxml import etree
+from prometheus_client import REGISTRY
+
+from tests.support.g2_double import (
     INITIATOR_PASSWORD,
     SP_PASSWORD,
     FakeGateway,
@@ -24,9 +27,6 @@ from g2_double import (
     reset,
     respond,
 )
-from lxml import etree
-from prometheus_client import REGISTRY
-
 from worker.errors import GatewayError, ProtocolError
 from worker.gateway.g2 import Gateway, GatewayAnswer, request_wsdl
 from worker.protocol.codes import ResponseOutcome

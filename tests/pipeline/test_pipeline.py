@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from tests.pipeline.conftest import Harness
+from tests.support.pipeline import Harness
 from worker.payouts.models import originator_conversation_id
 from worker.simulator import SimulatorOptions
 

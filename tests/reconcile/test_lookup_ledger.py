@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.ledger.ledger_helpers import make_command, make_result, ocid, result_body
+from tests.support.commands import make_command
+from tests.support.ledger import make_result, ocid, result_body
 from worker.ledger import (
     ApplyOutcome,
     FlagReason,
