@@ -28,7 +28,8 @@ from worker.simulator import SimulatorOptions, start_simulator
 CLI = Path(sys.executable).with_name("mpesa-b2c")
 
 
-def healthz(worker: WorkerService) -> tuple[str, dict[str, Any]]:
+def healthz(worker: WorkerService | None) -> tuple[str, dict[str, Any]]:
+    assert worker is not None, "the harness runs a worker"
     answer: dict[str, str] = {}
 
     def start_response(status: str, headers: list[tuple[str, str]]) -> None:

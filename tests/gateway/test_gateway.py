@@ -181,6 +181,7 @@ def test_accepted(make_gateway: MakeGateway, fake_gateway: FakeGateway) -> None:
 
     assert answer.outcome is ResponseOutcome.ACCEPTED
     assert answer.attempts == 1
+    assert answer.response is not None
     assert answer.response.conversation_id == "AG_1"
     assert answer.response.originator_conversation_id == OCID
     assert metric("mpesa_b2c_gateway_calls_total", command="BusinessPayment", outcome="accepted") == calls + 1
@@ -203,6 +204,7 @@ def test_an_observer_failing_after_the_answer_does_not_lose_it(
     gateway = make_gateway()
     gateway.observer = _BrokenBookkeeping()
     answer = pay(gateway)
+    assert answer.response is not None
     assert answer.outcome is ResponseOutcome.ACCEPTED and answer.response.conversation_id == "AG_1"
 
 
@@ -233,6 +235,7 @@ def test_rejected_is_not_retried(make_gateway: MakeGateway, fake_gateway: FakeGa
         reference={},
     )
     assert answer.outcome is ResponseOutcome.REJECTED
+    assert answer.response is not None
     assert answer.response is not None and answer.response.code == code
     assert answer.attempts == 1
     assert len(fake_gateway.received) == 1
@@ -271,6 +274,7 @@ def test_retry_later_gives_up_after_the_attempt_budget(make_gateway: MakeGateway
 
     assert answer.outcome is ResponseOutcome.RETRY_LATER
     assert answer.attempts == 4
+    assert answer.response is not None
     assert answer.response.code == THROTTLED
     assert len(fake_gateway.received) == 4
 

@@ -23,6 +23,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.support.data import K8S_SCHEMAS
 from worker.errors import ConfigError
 from worker.settings import DEMO_DEFAULTED, load_settings
 
@@ -30,7 +31,6 @@ from .conftest import (
     CHART,
     DASHBOARDS,
     JOBS,
-    K8S_SCHEMAS,
     RULES,
     YAMLLINT_HAND,
     YAMLLINT_RENDERED,
