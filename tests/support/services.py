@@ -29,7 +29,7 @@ POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SERVICE_FIXTURES = ("rabbitmq_url", "postgres_admin_url")
 # Delay tiers a test's worker may have declared: the defaults and the short ones tests/flow configures.
 DELAY_TIERS = (0.2, 0.5, *load_settings({}).flow.retry_delays)
-HOW_TO_START = "start it, see the README's Development section"
+HOW_TO_START = "start it (README, Testing; .ci/run starts both)"
 
 
 def in_ci() -> bool:
