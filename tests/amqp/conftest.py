@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Callable, Iterator
 
 import pika
-import pika.exceptions
 import pytest
-from amqp_helpers import Broker, Running, Starter
 
+from tests.support.broker import Broker, Running, Starter
+from tests.support.services import QueueNames
 from worker.amqp.consumer import ThreadedConsumer
 from worker.settings import AmqpSettings, load_settings
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+@pytest.fixture
+def amqp_url(rabbitmq_url: str) -> str:
+    return rabbitmq_url
 
 
 @pytest.fixture
-def amqp_url() -> str:
-    return AMQP_URL
-
-
-@pytest.fixture
-def broker() -> Iterator[Broker]:
+def broker(rabbitmq_url: str) -> Iterator[Broker]:
     """A confirmed channel for arranging and inspecting; reopened on demand after a channel error."""
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
     try:
         yield Broker(connection)
     finally:
@@ -34,22 +31,9 @@ def broker() -> Iterator[Broker]:
 
 
 @pytest.fixture
-def names(broker: Broker) -> Iterator[Callable[[str], str]]:
-    """``names("cmd")`` gives a unique queue/exchange name; every name handed out is deleted afterwards."""
-    token = uuid.uuid4().hex[:10]
-    issued: list[str] = []
-
-    def name(kind: str) -> str:
-        value = f"test.{token}.{kind}"
-        issued.append(value)
-        return value
-
-    yield name
-    for value in issued:
-        with contextlib.suppress(pika.exceptions.AMQPError):
-            broker.channel.queue_delete(value)
-        with contextlib.suppress(pika.exceptions.AMQPError):
-            broker.channel.exchange_delete(value)
+def names(queue_names: QueueNames) -> QueueNames:
+    """``names("cmd")``: these tests' short name for the suite's ``queue_names``."""
+    return queue_names
 
 
 @pytest.fixture

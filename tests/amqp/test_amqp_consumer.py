@@ -12,9 +12,10 @@ from typing import Any
 
 import pika
 import pytest
-from amqp_helpers import Broker, Starter, kill_connection, wait_for
 from prometheus_client import REGISTRY
 
+from tests.support.broker import Broker, Starter, kill_connection
+from tests.support.waiting import wait_until
 from worker.amqp.consumer import (
     REASON_HEADER,
     Ack,
@@ -91,7 +92,7 @@ def test_handlers_run_concurrently(broker: Broker, amqp_url: str, amqp_settings:
 
     recorder = Recorder(slow)
     running = start(_consumer(amqp_url, amqp_settings, recorder, concurrency=8, prefetch=16))
-    wait_for(lambda: len(recorder.finished) == 40, timeout=30, what="40 handled messages")
+    wait_until(lambda: len(recorder.finished) == 40, timeout=30, what="40 handled messages")
     running.stop()
 
     assert recorder.peak >= 6
@@ -112,7 +113,7 @@ def test_heartbeats_survive_a_handler_slower_than_the_heartbeat(
 
     recorder = Recorder(very_slow)
     running = start(_consumer(amqp_url, amqp_settings, recorder, heartbeat=2))
-    wait_for(lambda: len(recorder.finished) == 1, timeout=15, what="the slow handler")
+    wait_until(lambda: len(recorder.finished) == 1, timeout=15, what="the slow handler")
     running.stop()
 
     assert running.consumer.generation == 1, "the connection was lost during the slow handler"
@@ -134,7 +135,7 @@ def test_dead_letter_keeps_the_raw_body_and_adds_the_reason(
     running = start(
         _consumer(amqp_url, amqp_settings, Recorder(lambda _: DeadLetter("invalid_json", "body is not JSON")))
     )
-    wait_for(lambda: broker.depth(amqp_settings.dead_queue) == 1, what="the dead copy")
+    wait_until(lambda: broker.depth(amqp_settings.dead_queue) == 1, what="the dead copy")
     running.stop()
 
     assert broker.depth(amqp_settings.command_queue) == 0
@@ -157,8 +158,8 @@ def test_requeue_redelivers_with_a_delivery_count(
 
     recorder = Recorder(once_more)
     running = start(_consumer(amqp_url, amqp_settings, recorder))
-    wait_for(lambda: len(recorder.finished) == 2, what="a redelivery")
-    wait_for(_drained(broker, amqp_settings), what="the ack")
+    wait_until(lambda: len(recorder.finished) == 2, what="a redelivery")
+    wait_until(_drained(broker, amqp_settings), what="the ack")
     running.stop()
 
     first, second = recorder.calls
@@ -181,7 +182,7 @@ def test_poison_message_ends_on_the_dead_queue(
 
     recorder = Recorder(poison)
     running = start(_consumer(amqp_url, amqp_settings, recorder))
-    wait_for(lambda: broker.depth(amqp_settings.dead_queue) == 2, what="both messages dead-lettered")
+    wait_until(lambda: broker.depth(amqp_settings.dead_queue) == 2, what="both messages dead-lettered")
     running.stop()
 
     assert broker.depth(amqp_settings.command_queue) == 0
@@ -206,9 +207,9 @@ def test_stop_drains_running_handlers_and_returns_the_rest(
 
     recorder = Recorder(held)
     running = start(_consumer(amqp_url, amqp_settings, recorder, concurrency=2, prefetch=6))
-    wait_for(lambda: recorder.running == 2, what="two running handlers")
-    wait_for(lambda: broker.depth(amqp_settings.command_queue) == 0, what="all six prefetched")
-    wait_for(lambda: running.consumer.in_flight == 6, what="six deliveries held")
+    wait_until(lambda: recorder.running == 2, what="two running handlers")
+    wait_until(lambda: broker.depth(amqp_settings.command_queue) == 0, what="all six prefetched")
+    wait_until(lambda: running.consumer.in_flight == 6, what="six deliveries held")
     assert REGISTRY.get_sample_value("mpesa_b2c_consumer_in_flight") == 6
     threading.Timer(0.3, release.set).start()
     running.stop()
@@ -216,7 +217,7 @@ def test_stop_drains_running_handlers_and_returns_the_rest(
     assert len(recorder.finished) == 2
     assert running.consumer.in_flight == 0
     assert REGISTRY.get_sample_value("mpesa_b2c_consumer_in_flight") == 0
-    wait_for(lambda: broker.depth(amqp_settings.command_queue) == 4, what="the four unstarted requeued")
+    wait_until(lambda: broker.depth(amqp_settings.command_queue) == 4, what="the four unstarted requeued")
     handled = {d.message_id for d in recorder.finished}
     left = {properties.message_id for _, properties, _ in broker.get_all(amqp_settings.command_queue)}
     assert handled.isdisjoint(left)
@@ -237,14 +238,14 @@ def test_reconnects_after_the_broker_drops_the_connection(
     connection_name = names("consumer")
     running = start(_consumer(amqp_url, amqp_settings, recorder, name=connection_name, concurrency=4, prefetch=4))
     consumer = running.consumer
-    wait_for(lambda: recorder.running == 4, what="four handlers held")
+    wait_until(lambda: recorder.running == 4, what="four handlers held")
     held = {d.message_id for d in recorder.calls}
     kill_connection(connection_name)
-    wait_for(lambda: consumer.generation == 2, what="the reconnect")
-    wait_for(lambda: consumer.in_flight == 8, what="the held four redelivered on the new connection")
+    wait_until(lambda: consumer.generation == 2, what="the reconnect")
+    wait_until(lambda: consumer.in_flight == 8, what="the held four redelivered on the new connection")
     release.set()
-    wait_for(_drained(broker, amqp_settings), timeout=20, what="every message acked after the reconnect")
-    wait_for(lambda: consumer.in_flight == 0, what="handlers done")
+    wait_until(_drained(broker, amqp_settings), timeout=20, what="every message acked after the reconnect")
+    wait_until(lambda: consumer.in_flight == 0, what="handlers done")
     running.stop()
 
     assert consumer.generation == 2, "acks for the old connection's tags reached the new channel"
@@ -262,7 +263,7 @@ def test_a_failing_dead_letter_publish_requeues_and_the_message_is_not_lost(
     _fill(broker, amqp_settings, 1)
     recorder = Recorder(lambda _: DeadLetter("invalid", "cannot be parsed"))
     running = start(_consumer(amqp_url, amqp_settings, recorder, dead_queue=names("no-such-dead-queue")))
-    wait_for(lambda: broker.depth(amqp_settings.dead_queue) == 1, what="the broker's dead-lettering")
+    wait_until(lambda: broker.depth(amqp_settings.dead_queue) == 1, what="the broker's dead-lettering")
     running.stop()
 
     assert len(recorder.calls) == amqp_settings.delivery_limit + 1
@@ -277,7 +278,7 @@ def test_without_a_dead_queue_the_broker_dead_letters_at_once(
     _fill(broker, amqp_settings, 1)
     recorder = Recorder(lambda _: DeadLetter("invalid", "cannot be parsed"))
     running = start(_consumer(amqp_url, amqp_settings, recorder, dead_queue=None))
-    wait_for(lambda: broker.depth(amqp_settings.dead_queue) == 1, what="the broker's dead-lettering")
+    wait_until(lambda: broker.depth(amqp_settings.dead_queue) == 1, what="the broker's dead-lettering")
     running.stop()
 
     assert len(recorder.calls) == 1
@@ -296,7 +297,7 @@ def test_handler_errors_are_logged_without_the_message(
     recorder = Recorder(leaky)
     with caplog.at_level(logging.DEBUG, logger="worker.amqp"):
         running = start(_consumer(amqp_url, amqp_settings, recorder))
-        wait_for(lambda: broker.depth(amqp_settings.dead_queue) == 1, what="the poison message dead")
+        wait_until(lambda: broker.depth(amqp_settings.dead_queue) == 1, what="the poison message dead")
         running.stop()
 
     assert "ValueError" in caplog.text
@@ -310,11 +311,11 @@ def test_consumer_recovers_when_its_queue_is_deleted(
     _fill(broker, amqp_settings, 1)
     recorder = Recorder(lambda _: Ack())
     running = start(_consumer(amqp_url, amqp_settings, recorder))
-    wait_for(lambda: len(recorder.finished) == 1, what="the first message")
+    wait_until(lambda: len(recorder.finished) == 1, what="the first message")
     broker.channel.queue_delete(amqp_settings.command_queue)
-    wait_for(lambda: running.consumer.generation == 2, what="the consumer to re-declare and resubscribe")
+    wait_until(lambda: running.consumer.generation == 2, what="the consumer to re-declare and resubscribe")
     broker.put(amqp_settings.command_queue, b"{}", message_id="after")
-    wait_for(lambda: len(recorder.finished) == 2, what="a message on the re-declared queue")
+    wait_until(lambda: len(recorder.finished) == 2, what="a message on the re-declared queue")
     running.stop()
 
     assert recorder.finished[-1].message_id == "after"
@@ -352,4 +353,4 @@ def test_stop_from_the_running_thread_only_asks(broker: Broker, amqp_url: str, a
     consumer.run()
 
     assert consumer.in_flight == 0
-    wait_for(lambda: broker.depth(amqp_settings.command_queue) == 3, what="unhandled messages left queued")
+    wait_until(lambda: broker.depth(amqp_settings.command_queue) == 3, what="unhandled messages left queued")

@@ -10,8 +10,8 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from amqp_helpers import Broker, kill_connection
 
+from tests.support.broker import Broker, kill_connection
 from worker.amqp.publisher import ConfirmedPublisher
 from worker.amqp.topology import declare_topology
 from worker.cli.publish import publish_commands

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from amqp_helpers import Broker
 
+from tests.support.broker import Broker
 from worker.amqp.connection import connect
 from worker.amqp.topology import declare_topology, queue_depth
 from worker.errors import B2CError, BrokerUnavailable, TopologyError

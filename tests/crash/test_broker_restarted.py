@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.crash.conftest import CrashRig, broker_stopped, commands, wait_until
+from tests.support.commands import commands
+from tests.support.crash import CrashRig, broker_stopped
+from tests.support.waiting import wait_until
 from worker.simulator import SimulatorOptions
 
 BATCH = 150

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.crash.conftest import crash_rig  # noqa: F401 (a fixture: the process-kill rows' rig)
 from worker.logs import setup_logging
 
 # Distinctive values: a leak of any of them cannot hide behind a common word.

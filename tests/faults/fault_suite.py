@@ -25,9 +25,10 @@ import pika
 import psycopg
 import requests
 
-from tests.conftest import POSTGRES_ADMIN_URL, RABBITMQ_URL
-from tests.flow.conftest import breaker, queued
-from tests.pipeline.conftest import EventLog, declare
+from tests.support.flow import breaker, queued
+from tests.support.pipeline import EventLog, declare
+from tests.support.services import POSTGRES_ADMIN_URL, RABBITMQ_URL
+from tests.support.waiting import wait_until
 from worker.amqp.topology import delay_queue_name
 from worker.cli.publish import publish_commands
 from worker.cli.stack import LocalStack, start_local_stack
@@ -245,7 +246,7 @@ def run_group(
             # payout, so that no slow or faulty scenario holds everything else behind it.
             warm = Batch("warm-up", None, 1)
             publish(stack, commands(warm, tag))
-            wait(lambda: _settled(stack, [f"{tag}-warm-up-000"], False), 20, "the warm-up payout")
+            wait_until(lambda: _settled(stack, [f"{tag}-warm-up-000"], False), 20, "the warm-up payout")
         cmds = {b.scenario: commands(b, tag) for b in group}
         if before is not None:
             before(stack)
@@ -262,15 +263,6 @@ def run_group(
         if inspect is not None:
             inspect(stack)
         return [measure(stack, b, cmds[b.scenario], label) for b in group]
-
-
-def wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def measure(stack: Measured, batch: Batch, cmds: list[dict[str, Any]], label: str | None = None) -> Row:
@@ -358,7 +350,7 @@ def run_balance_run_down(
     the balance is restored once it has opened and a probe resumes the batch (the Done-when case)."""
 
     def restore_when_open(stack: LocalStack) -> None:
-        wait(lambda: breaker(stack.settings).open, 20, "the breaker to open on ResultCode 1")
+        wait_until(lambda: breaker(stack.settings).open, 20, "the breaker to open on ResultCode 1")
         time.sleep(1.0)  # a few probe intervals with the account still empty
         set_balance(stack, None)
 

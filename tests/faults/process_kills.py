@@ -15,9 +15,10 @@ from collections.abc import Callable
 
 import requests
 
-from tests.conftest import RABBITMQ_URL
-from tests.crash.conftest import CrashRig, broker_stopped, wait_until
 from tests.faults.fault_suite import FAST_ENV, Batch, Row, _settled, commands, measure
+from tests.support.crash import CrashRig, broker_stopped
+from tests.support.services import RABBITMQ_URL
+from tests.support.waiting import wait_until
 from worker.payouts.models import PayoutStatus
 from worker.simulator import SimulatorOptions, start_simulator
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.crash.conftest import CrashRig
 from tests.faults.conftest import SECRETS, assert_no_secrets
 from tests.faults.fault_suite import HOLDS, NEVER_ANSWERED, run_suite, write_table
 from tests.faults.process_kills import run_process_kills
 from tests.faults.test_secrets_in_logs import keep_credentials
+from tests.support.crash import CrashRig
 from worker.settings import Settings
 
 TABLE = Path(__file__).with_name("fault-table.md")

@@ -15,10 +15,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import REGISTRY
 
-from tests.flow.conftest import FAST, Sim, breaker, command, epoch, queued, wait_until
-from tests.pipeline.conftest import Harness
+from tests.support.commands import command
+from tests.support.flow import FAST, Sim, breaker, epoch, queued
+from tests.support.pipeline import Harness
+from tests.support.waiting import wait_until
 from worker.amqp.consumer import Ack, Delivery
-from worker.ledger.flow_state import FlowStore
+from worker.ledger.flow_state import BreakerReason, FlowStore
 from worker.paying.service import WorkerService
 from worker.payouts.models import PayoutStatus, originator_conversation_id, parse_command
 from worker.simulator import SimulatorOptions, start_simulator
@@ -26,7 +28,8 @@ from worker.simulator import SimulatorOptions, start_simulator
 CLI = Path(sys.executable).with_name("mpesa-b2c")
 
 
-def healthz(worker: WorkerService) -> tuple[str, dict[str, Any]]:
+def healthz(worker: WorkerService | None) -> tuple[str, dict[str, Any]]:
+    assert worker is not None, "the harness runs a worker"
     answer: dict[str, str] = {}
 
     def start_response(status: str, headers: list[tuple[str, str]]) -> None:
@@ -203,7 +206,12 @@ def test_an_orphaned_send_redelivered_while_the_breaker_is_open_sends_nothing_th
     store = FlowStore.open(settings.ledger)
     try:
         opened = store.open_breaker(
-            settings.mpesa.shortcode, reason="credential", code="18", detail="test", by="test", next_probe_at=None
+            settings.mpesa.shortcode,
+            reason=BreakerReason.CREDENTIAL,
+            code="18",
+            detail="test",
+            by="test",
+            next_probe_at=None,
         )
         assert opened is not None and opened.open
         assert isinstance(worker.processor.handle(redelivered), Ack)

@@ -17,7 +17,7 @@ import pytest
 from worker.flow.breaker import CircuitBreaker
 from worker.gateway.g2 import AttemptReason, HoldReason
 from worker.ledger import Ledger, open_ledger
-from worker.ledger.flow_state import FlowStore
+from worker.ledger.flow_state import BreakerReason, FlowStore
 from worker.payouts.models import CommandId, PayoutCommand, originator_conversation_id
 from worker.protocol.codes import ResponseOutcome
 from worker.protocol.result import build_result_envelope, parse_result_envelope
@@ -128,7 +128,7 @@ def test_funds_results_open_it_but_not_those_of_payouts_sent_before_it_last_clos
     breaker.gate(PAY, canary)
     rig.result(canary, "0")
     old = rig.payout("f-1")  # accepted now, while the breaker is closed
-    rig.store.open_breaker(KEY, reason="unreachable", code=None, detail="test", by="t", next_probe_at=None)
+    rig.store.open_breaker(KEY, reason=BreakerReason.UNREACHABLE, code=None, detail="test", by="t", next_probe_at=None)
     rig.store.close_breaker(KEY, by="test")
     rig.result(old, "1")  # a late result of a payout sent before the close: stale news
     assert breaker.tick().accepting and not rig.store.breaker(KEY).open
@@ -143,7 +143,9 @@ def test_funds_results_open_it_but_not_those_of_payouts_sent_before_it_last_clos
 
 def test_a_funds_probe_is_the_one_send_and_its_success_closes_the_breaker(rig: Rig) -> None:
     breaker = rig.make()
-    rig.store.open_breaker(KEY, reason="funds", code="1", detail="test", by="t", next_probe_at=rig.store.clock())
+    rig.store.open_breaker(
+        KEY, reason=BreakerReason.FUNDS, code="1", detail="test", by="t", next_probe_at=rig.store.clock()
+    )
     assert breaker.tick().accepting, "a probe is due: take a command"
     probe, other = rig.payout("p-1"), rig.payout("p-2")
     assert breaker.gate(PAY, probe) is None

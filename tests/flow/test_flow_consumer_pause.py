@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.flow.conftest import wait_until
+from tests.support.waiting import wait_until
 from worker.amqp.connection import connect
 from worker.amqp.consumer import Ack, Delivery, Disposition, ThreadedConsumer
 from worker.amqp.topology import declare_topology, queue_depth

@@ -6,8 +6,10 @@ from collections.abc import Callable
 
 from prometheus_client import REGISTRY
 
-from tests.flow.conftest import FAST, command, queued, wait_until
-from tests.pipeline.conftest import Harness
+from tests.support.commands import command
+from tests.support.flow import FAST, queued
+from tests.support.pipeline import Harness
+from tests.support.waiting import wait_until
 from worker.payouts.models import originator_conversation_id
 from worker.simulator import SimulatorOptions
 

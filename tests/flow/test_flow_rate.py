@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.flow.conftest import FAST, command, epoch, wait_until
-from tests.pipeline.conftest import Harness
+from tests.support.commands import command
+from tests.support.flow import FAST, epoch
+from tests.support.pipeline import Harness
+from tests.support.waiting import wait_until
 from worker.paying.service import WorkerService
 
 CLI = Path(sys.executable).with_name("mpesa-b2c")

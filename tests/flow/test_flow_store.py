@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from worker.ledger.flow_state import FlowStore
+from worker.ledger.flow_state import BreakerReason, FlowStore
 from worker.settings import Settings
 
 KEY = "600000"
@@ -56,16 +56,32 @@ def test_throttling_halves_the_rate_once_per_cooldown_and_success_recovers_it(st
 
 def test_breaker_opens_escalates_and_closes(store: FlowStore) -> None:
     assert not store.breaker(KEY).open
-    opened = store.open_breaker(KEY, reason="unreachable", code=None, detail="5 failures", by="w1", next_probe_at=None)
+    opened = store.open_breaker(
+        KEY, reason=BreakerReason.UNREACHABLE, code=None, detail="5 failures", by="w1", next_probe_at=None
+    )
     assert opened is not None and opened.open and opened.reason == "unreachable" and opened.opened_by == "w1"
-    assert store.open_breaker(KEY, reason="unreachable", code=None, detail="again", by="w2", next_probe_at=None) is None
-    funds = store.open_breaker(KEY, reason="funds", code="1", detail="result 1", by="w2", next_probe_at=None)
+    assert (
+        store.open_breaker(
+            KEY, reason=BreakerReason.UNREACHABLE, code=None, detail="again", by="w2", next_probe_at=None
+        )
+        is None
+    )
+    funds = store.open_breaker(
+        KEY, reason=BreakerReason.FUNDS, code="1", detail="result 1", by="w2", next_probe_at=None
+    )
     assert funds is not None and funds.reason == "funds" and funds.opened_at == opened.opened_at
-    assert store.open_breaker(KEY, reason="unreachable", code=None, detail="x", by="w1", next_probe_at=None) is None
+    assert (
+        store.open_breaker(KEY, reason=BreakerReason.UNREACHABLE, code=None, detail="x", by="w1", next_probe_at=None)
+        is None
+    )
     epoch = funds.credential_epoch
-    credential = store.open_breaker(KEY, reason="credential", code="18", detail="r18", by="w1", next_probe_at=None)
+    credential = store.open_breaker(
+        KEY, reason=BreakerReason.CREDENTIAL, code="18", detail="r18", by="w1", next_probe_at=None
+    )
     assert credential is not None and credential.credential_epoch == epoch + 1
-    assert store.close_breaker(KEY, by="operator", reason="funds") is None, "closes only for the reason it is open"
+    assert store.close_breaker(KEY, by="operator", reason=BreakerReason.FUNDS) is None, (
+        "closes only for the reason it is open"
+    )
     closed = store.close_breaker(KEY, by="operator")
     assert closed is not None and not closed.open and closed.closed_by == "operator"
     assert closed.closed_at >= (opened.opened_at or 0)
@@ -74,7 +90,7 @@ def test_breaker_opens_escalates_and_closes(store: FlowStore) -> None:
 
 def test_one_funds_probe_at_a_time_and_only_when_due(store: FlowStore) -> None:
     assert not store.take_probe(KEY, "p1", lease=30), "no probe while closed"
-    store.open_breaker(KEY, reason="funds", code="1", detail="", by="w", next_probe_at=store.clock() + 60)
+    store.open_breaker(KEY, reason=BreakerReason.FUNDS, code="1", detail="", by="w", next_probe_at=store.clock() + 60)
     assert not store.take_probe(KEY, "p1", lease=30), "not due yet"
     store.schedule_probe(KEY, after=0)
     assert store.take_probe(KEY, "p1", lease=30)
@@ -94,7 +110,7 @@ def test_one_canary_fleet_wide_until_released_or_expired(store: FlowStore) -> No
     store.release_canary(KEY, "c2")
     assert store.breaker(KEY).canary_id == "c1", "only the holder's id releases it"
     store.release_canary(KEY, "c1")
-    store.open_breaker(KEY, reason="credential", code="18", detail="", by="w1", next_probe_at=None)
+    store.open_breaker(KEY, reason=BreakerReason.CREDENTIAL, code="18", detail="", by="w1", next_probe_at=None)
     assert not store.take_canary(KEY, "c2", owner="w2", lease=30), "nothing is sent while the breaker is open"
     store.close_breaker(KEY, by="operator")
     assert store.take_canary(KEY, "c2", owner="w2", lease=0.05)

@@ -15,8 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from g2_double import INITIATOR_PASSWORD, SP_PASSWORD, FakeGateway, KeyPair, TlsFiles
 
+from tests.support.g2_double import INITIATOR_PASSWORD, SP_PASSWORD, FakeGateway, KeyPair, TlsFiles
 from worker.gateway.g2 import Gateway
 from worker.settings import load_settings
 from worker.simulator.keys import self_signed_certificate

@@ -12,7 +12,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from g2_double import (
+from lxml import etree
+from prometheus_client import REGISTRY
+
+from tests.support.g2_double import (
     INITIATOR_PASSWORD,
     SP_PASSWORD,
     FakeGateway,
@@ -24,11 +27,8 @@ from g2_double import (
     reset,
     respond,
 )
-from lxml import etree
-from prometheus_client import REGISTRY
-
 from worker.errors import GatewayError, ProtocolError
-from worker.gateway.g2 import Gateway, GatewayAnswer, request_wsdl
+from worker.gateway.g2 import AttemptReason, Gateway, GatewayAnswer, HoldReason, request_wsdl
 from worker.protocol.codes import ResponseOutcome
 from worker.protocol.credential import decrypt_security_credential
 from worker.protocol.header import verify_sp_password
@@ -181,6 +181,7 @@ def test_accepted(make_gateway: MakeGateway, fake_gateway: FakeGateway) -> None:
 
     assert answer.outcome is ResponseOutcome.ACCEPTED
     assert answer.attempts == 1
+    assert answer.response is not None
     assert answer.response.conversation_id == "AG_1"
     assert answer.response.originator_conversation_id == OCID
     assert metric("mpesa_b2c_gateway_calls_total", command="BusinessPayment", outcome="accepted") == calls + 1
@@ -189,10 +190,17 @@ def test_accepted(make_gateway: MakeGateway, fake_gateway: FakeGateway) -> None:
 class _BrokenBookkeeping:
     """An observer whose bookkeeping fails after M-PESA answered (e.g. its database is gone)."""
 
-    def before_attempt(self, command: str, originator_conversation_id: str) -> str | None:
+    def before_attempt(self, command: str, originator_conversation_id: str) -> HoldReason | None:
         return None
 
-    def after_attempt(self, *args: object) -> None:
+    def after_attempt(
+        self,
+        command: str,
+        originator_conversation_id: str,
+        outcome: ResponseOutcome,
+        reason: AttemptReason,
+        code: str | None,
+    ) -> None:
         raise RuntimeError("flow store unavailable")
 
 
@@ -203,6 +211,7 @@ def test_an_observer_failing_after_the_answer_does_not_lose_it(
     gateway = make_gateway()
     gateway.observer = _BrokenBookkeeping()
     answer = pay(gateway)
+    assert answer.response is not None
     assert answer.outcome is ResponseOutcome.ACCEPTED and answer.response.conversation_id == "AG_1"
 
 
@@ -233,6 +242,7 @@ def test_rejected_is_not_retried(make_gateway: MakeGateway, fake_gateway: FakeGa
         reference={},
     )
     assert answer.outcome is ResponseOutcome.REJECTED
+    assert answer.response is not None
     assert answer.response is not None and answer.response.code == code
     assert answer.attempts == 1
     assert len(fake_gateway.received) == 1
@@ -271,6 +281,7 @@ def test_retry_later_gives_up_after_the_attempt_budget(make_gateway: MakeGateway
 
     assert answer.outcome is ResponseOutcome.RETRY_LATER
     assert answer.attempts == 4
+    assert answer.response is not None
     assert answer.response.code == THROTTLED
     assert len(fake_gateway.received) == 4
 

@@ -18,8 +18,8 @@ from typing import Any
 import pika
 import pytest
 
-from tests.guard.conftest import TOKEN
-from tests.pipeline.conftest import Harness, declare
+from tests.support.guard import TOKEN
+from tests.support.pipeline import Harness, declare
 from worker.amqp.connection import connect
 from worker.amqp.consumer import MESSAGE_HEADER, REASON_HEADER
 from worker.amqp.topology import queue_depth

@@ -13,9 +13,10 @@ import pytest
 import requests
 from prometheus_client import REGISTRY
 
-from tests.flow.conftest import wait_until
-from tests.guard.conftest import TOKEN, XML, count, result_for, snapshot, table_rows
-from tests.pipeline.conftest import Harness
+from tests.support.guard import TOKEN, XML, count, result_for, snapshot
+from tests.support.ledger import table_rows
+from tests.support.pipeline import Harness
+from tests.support.waiting import wait_until
 from worker.cli.main import build_parser
 from worker.ledger import ApplyOutcome, Ledger, QuarantineState
 from worker.payouts.models import Payout, PayoutStatus, originator_conversation_id

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.guard.conftest import result_for
+from tests.support.guard import result_for
 from worker.errors import LedgerError
 from worker.ledger import ApplyOutcome, Ledger, QuarantineState, open_ledger
 from worker.payouts.models import CommandId, Payout, PayoutCommand, PayoutStatus, originator_conversation_id

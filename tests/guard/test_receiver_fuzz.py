@@ -15,8 +15,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.guard.conftest import TOKEN, Receiver, count, snapshot
-from tests.pipeline.conftest import declare
+from tests.support.guard import TOKEN, Receiver, count, snapshot
+from tests.support.pipeline import declare
 from worker.amqp.publisher import ConfirmedPublisher
 from worker.events.relay import OutboxRelay
 from worker.ledger import Ledger, open_ledger

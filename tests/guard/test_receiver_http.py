@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import requests
 from prometheus_client import REGISTRY
 
-from tests.guard.conftest import TOKEN, XML, Receiver, count
+from tests.support.guard import TOKEN, XML, Receiver, count
 from worker.protocol.request import SOAP_ENV_NS
 from worker.protocol.result import RESULT_NS, TIMEOUT_NS, build_result_envelope
 from worker.protocol.xml import parse_untrusted

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from ledger_helpers import Database, events, make_command, make_result, ocid
-
+from tests.support.commands import make_command
+from tests.support.ledger import Database, events, make_result, ocid
 from worker.ledger import Ledger, RecordOutcome
 from worker.payouts.models import PayoutStatus
 

@@ -6,8 +6,7 @@ import json
 import threading
 from collections.abc import Callable
 
-from ledger_helpers import Database
-
+from tests.support.ledger import Database
 from worker.ledger import Ledger
 
 

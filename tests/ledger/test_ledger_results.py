@@ -8,8 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from ledger_helpers import Database, events, make_result, ocid
 
+from tests.support.ledger import Database, events, make_result, ocid
 from worker.errors import LedgerError
 from worker.ledger import ApplyOutcome, Ledger
 from worker.ledger import store as ledger_store

@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from ledger_helpers import Database, make_command, ocid
 
+from tests.support.commands import make_command
+from tests.support.ledger import Database, ocid
 from worker.errors import LedgerError
 from worker.ledger import Ledger, RecordOutcome, open_ledger
 from worker.ledger.schema import LATEST_VERSION, MIGRATIONS

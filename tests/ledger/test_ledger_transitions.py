@@ -8,8 +8,9 @@ from datetime import UTC, timedelta
 from decimal import Decimal
 
 import pytest
-from ledger_helpers import Database, events, make_command, ocid
 
+from tests.support.commands import make_command
+from tests.support.ledger import Database, events, ocid
 from worker.errors import LedgerError, TransitionRefused, UnknownPayout
 from worker.ledger import Ledger, RecordOutcome
 from worker.payouts.models import PayoutStatus

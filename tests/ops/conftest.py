@@ -8,11 +8,8 @@ Debian's `prometheus` package, which a developer may not have installed.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +18,12 @@ import pytest
 from prometheus_client import REGISTRY
 
 import worker.metrics  # noqa: F401  (registers every metric in REGISTRY)
+from tests.support.services import find_program, require_program
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "mpesa-b2c"
 DASHBOARDS = CHART / "dashboards"
 RULES = CHART / "alerts" / "mpesa-b2c.rules.yml"
-K8S_SCHEMAS = REPO.parent / "shared" / "k8s-schemas"
 
 # The job names given by the chart's ServiceMonitor relabelling and by ops/prometheus.yml.
 JOBS = {"worker": "mpesa-b2c-worker", "callbacks": "mpesa-b2c-callbacks", "simulator": "mpesa-b2c-simulator"}
@@ -41,19 +38,9 @@ YAMLLINT_RENDERED = (
 )
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def find_tool(name: str) -> str | None:
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which(name)
-
-
 def require_tool(name: str, install: str) -> str:
-    path = find_tool(name)
+    """A tool the dev install provides: missing, the install is broken, so the test fails everywhere."""
+    path = find_program(name)
     if path is None:
         pytest.fail(f"{name} is not installed ({install})")
     return path
@@ -61,13 +48,7 @@ def require_tool(name: str, install: str) -> str:
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    path = find_tool("promtool")
-    if path is None:
-        message = "promtool is not installed (apt-get install prometheus)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return require_program("promtool", "apt-get install prometheus")
 
 
 def run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

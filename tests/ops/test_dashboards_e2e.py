@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.services import require_program
 from worker.cli import metrics_doc
 
-from .conftest import DASHBOARDS, dashboard_queries, find_tool, in_ci, load_json
+from .conftest import DASHBOARDS, dashboard_queries, load_json
 from .live_stack import (
     JOBS,
     SIMULATOR_LIMITS,
@@ -37,13 +38,7 @@ QUERY_PATIENCE = 30.0  # the ledger gauges refresh every 5 s; give a few rounds
 
 @pytest.fixture(scope="module")
 def prometheus_binary() -> str:
-    path = find_tool("prometheus")
-    if path is None:
-        message = "prometheus is not installed (apt-get install prometheus)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return require_program("prometheus", "apt-get install prometheus")
 
 
 @pytest.fixture

@@ -157,7 +157,7 @@ def test_dockerignore_admits_exactly_what_the_build_copies(stages: list[Stage]) 
     patterns = [
         line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
     ]
-    sources = set()
+    sources: set[str] = set()
     for stage in stages:
         for arg in stage.all("COPY"):
             parts = [p for p in arg.split() if not p.startswith("--")]

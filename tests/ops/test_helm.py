@@ -2,7 +2,7 @@
 
 Four releases are rendered: the default values, the minimum a production install needs, production with
 every option on, and staging with the simulator and every option on. Their native objects go through
-`kubernetes-validate --strict`, the custom resources through the JSON schemas in ../shared/k8s-schemas,
+`kubernetes-validate --strict`, the custom resources through the JSON schemas in tests/data/k8s-schemas,
 everything through yamllint; then the shape that matters is asserted: hardened pods, probes, labels, grace
 period, secret refs. The default release renders but must not be able to start: its pods' environment, fed
 to the real settings loader, is refused with every missing variable named.
@@ -23,6 +23,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.support.data import K8S_SCHEMAS
 from worker.errors import ConfigError
 from worker.settings import DEMO_DEFAULTED, load_settings
 
@@ -30,7 +31,6 @@ from .conftest import (
     CHART,
     DASHBOARDS,
     JOBS,
-    K8S_SCHEMAS,
     RULES,
     YAMLLINT_HAND,
     YAMLLINT_RENDERED,

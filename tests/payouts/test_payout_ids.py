@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.payouts.models import mask_msisdn, mask_msisdns_in_text, originator_conversation_id
+from worker.payouts.models import originator_conversation_id
+from worker.redact import mask_msisdn, mask_msisdns_in_text
 
 payout_ids = st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True)
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
-from tests.pipeline.conftest import Harness
+from tests.support.pipeline import Harness
 from worker.payouts.models import originator_conversation_id
 from worker.simulator import SimulatorOptions
 
 
-def command(n: int, run: str = "p", **extra: object) -> dict[str, object]:
-    body: dict[str, object] = {
+def command(n: int, run: str = "p", **extra: object) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "payout_id": f"{run}-{n:04d}",
         "msisdn": f"0712{n:06d}",
         "amount": f"{100 + n}.50",

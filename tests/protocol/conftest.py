@@ -15,25 +15,34 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "mpesa-g2"
+from tests.support.data import DATA, G2_REFERENCE, G2_SAMPLES
+
 XS = "http://www.w3.org/2001/XMLSchema"
 _ENVELOPE_START = re.compile(r"<soapenv:Envelope\b")
 _ENVELOPE_END = "</soapenv:Envelope>"
+CONFORMANCE_FIXTURES = {
+    "g2_data",
+    "sample_envelopes",
+    "request_schema",
+    "response_schema",
+    "result_schema",
+    "sandbox_certificate",
+    "trace_messages",
+}
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"Safaricom reference files not present at {SHARED} (they are in CI)")
-    return SHARED
+def g2_data() -> Path:
+    """Safaricom's reference files and the specification samples (tests/data/mpesa-g2)."""
+    return DATA / "mpesa-g2"
 
 
 @pytest.fixture(scope="session")
-def sample_envelopes(shared_dir: Path) -> Callable[[str], list[bytes]]:
+def sample_envelopes() -> Callable[[str], list[bytes]]:
     """Each complete ``<soapenv:Envelope>...</soapenv:Envelope>`` span of a sample file, prose dropped."""
 
     def load(name: str) -> list[bytes]:
-        text = (shared_dir / "samples" / name).read_text(encoding="utf-8")
+        text = (G2_SAMPLES / name).read_text(encoding="utf-8")
         starts = [match.start() for match in _ENVELOPE_START.finditer(text)]
         spans: list[bytes] = []
         for index, start in enumerate(starts):
@@ -47,27 +56,27 @@ def sample_envelopes(shared_dir: Path) -> Callable[[str], list[bytes]]:
 
 
 @pytest.fixture(scope="session")
-def request_schema(shared_dir: Path) -> etree.XMLSchema:
+def request_schema() -> etree.XMLSchema:
     """Safaricom's request schema, taken out of the inline-schema WSDL (trusted local file)."""
-    wsdl = etree.parse(str(shared_dir / "reference" / "CBPInterface_Request_inline.wsdl"))
+    wsdl = etree.parse(str(G2_REFERENCE / "CBPInterface_Request_inline.wsdl"))
     schema = wsdl.find(f".//{{{XS}}}schema")
     assert schema is not None
     return etree.XMLSchema(schema)
 
 
 @pytest.fixture(scope="session")
-def response_schema(shared_dir: Path) -> etree.XMLSchema:
-    return etree.XMLSchema(etree.parse(str(shared_dir / "reference" / "CPSInterface_Response.xsd")))
+def response_schema() -> etree.XMLSchema:
+    return etree.XMLSchema(etree.parse(str(G2_REFERENCE / "CPSInterface_Response.xsd")))
 
 
 @pytest.fixture(scope="session")
-def result_schema(shared_dir: Path) -> etree.XMLSchema:
-    return etree.XMLSchema(etree.parse(str(shared_dir / "reference" / "CPSInterface_Result.xsd")))
+def result_schema() -> etree.XMLSchema:
+    return etree.XMLSchema(etree.parse(str(G2_REFERENCE / "CPSInterface_Result.xsd")))
 
 
 @pytest.fixture(scope="session")
-def sandbox_certificate(shared_dir: Path) -> bytes:
-    return (shared_dir / "reference" / "apicrypt-sandbox-cert.cer").read_bytes()
+def sandbox_certificate() -> bytes:
+    return (G2_REFERENCE / "apicrypt-sandbox-cert.cer").read_bytes()
 
 
 @pytest.fixture(scope="session")
@@ -104,14 +113,14 @@ def rsa_certificate_der(rsa_certificate: x509.Certificate) -> bytes:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that read Safaricom's files carry the ``conformance`` marker, so they can be selected."""
     for item in items:
-        if "shared_dir" in getattr(item, "fixturenames", ()):
+        if CONFORMANCE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.conformance)
 
 
 @pytest.fixture(scope="session")
-def trace_messages(shared_dir: Path) -> dict[str, list[bytes]]:
+def trace_messages() -> dict[str, list[bytes]]:
     """The 2014 production trace inside v1.5's queryTransaction example: base64 HTTP messages, bodies only."""
-    text = (shared_dir / "samples" / "g2_v15_09_queryTransaction_request_and_response.xml").read_text()
+    text = (G2_SAMPLES / "g2_v15_09_queryTransaction_request_and_response.xml").read_text()
     messages: dict[str, list[bytes]] = {}
     for match in re.finditer(r"<ns1:(submitApi\w+)>([A-Za-z0-9+/=\s]+)</ns1:\1>", text):
         http = base64.b64decode("".join(match.group(2).split()))

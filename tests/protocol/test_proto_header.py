@@ -43,9 +43,9 @@ def test_sp_password_is_base64_of_the_hex_text_of_sha256(
     assert base64.b64decode(value) != hashlib.sha256((sp_id + password + timestamp).encode()).digest()
 
 
-def test_safaricom_example_has_the_shape_we_produce(shared_dir: Path) -> None:
+def test_safaricom_example_has_the_shape_we_produce(g2_data: Path) -> None:
     # The SP password of the v1.5 trace is unknown, so only the construction's shape can be compared.
-    text = (shared_dir / "samples" / "g2_v15_09_queryTransaction_request_and_response.xml").read_text()
+    text = (g2_data / "samples" / "g2_v15_09_queryTransaction_request_and_response.xml").read_text()
     match = re.search(r"<v2:spPassword>([^<]+)</v2:spPassword>", text)
     assert match is not None
     example = base64.b64decode(match.group(1), validate=True).decode("ascii")

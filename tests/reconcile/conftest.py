@@ -1,4 +1,4 @@
-"""Fixtures for the reconciliation tests: the pipeline harness (reused), a ledger on both engines, a proxy."""
+"""Fixtures for the reconciliation tests: a ledger on both engines, a fault proxy (the harness is shared)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ from decimal import Decimal
 
 import pytest
 
-from tests.pipeline.conftest import Harness, harness_factory
-from tests.reconcile.fault_proxy import FaultProxy, wait_until
+from tests.support.fault_proxy import FaultProxy
+from tests.support.pipeline import Harness
+from tests.support.waiting import wait_until
 from worker.ledger import Ledger, open_ledger
 from worker.payouts.models import PayoutCommand, originator_conversation_id
 from worker.settings import Settings
-
-__all__ = ["harness_factory"]
 
 # Tight timings so every lookup happens within a test's few seconds.
 FAST_LOOKUPS = {

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import time
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import pytest
 
-from tests.ledger.ledger_helpers import make_command, make_result, ocid, result_body
+from tests.support.commands import make_command
+from tests.support.ledger import make_result, ocid, result_body
 from worker.ledger import (
     ApplyOutcome,
     FlagReason,
@@ -21,7 +22,22 @@ from worker.ledger import (
 from worker.payouts.models import PayoutStatus
 from worker.protocol.result import QueueTimeout, build_result_envelope, parse_result_envelope
 
-DUE = {"unknown_after": 0.0, "result_timeout": 0.0, "stuck_after": 0.0, "lease_seconds": 0.0}
+
+class Due(TypedDict):
+    unknown_after: float
+    result_timeout: float
+    stuck_after: float
+    lease_seconds: float
+
+
+class DueOverrides(TypedDict, total=False):
+    unknown_after: float
+    result_timeout: float
+    stuck_after: float
+    lease_seconds: float
+
+
+DUE: Due = {"unknown_after": 0.0, "result_timeout": 0.0, "stuck_after": 0.0, "lease_seconds": 0.0}
 
 
 def keys(ledger: Ledger, payout_id: str) -> list[str]:
@@ -48,8 +64,9 @@ def accepted_payout(ledger: Ledger, code: str = "0") -> str:
     return command.payout_id
 
 
-def due(ledger: Ledger, **overrides: float) -> dict[str, LookupTask]:
-    return {task.payout.payout_id: task for task in ledger.due_for_lookup(**{**DUE, **overrides})}
+def due(ledger: Ledger, **overrides: Unpack[DueOverrides]) -> dict[str, LookupTask]:
+    times: Due = {**DUE, **overrides}
+    return {task.payout.payout_id: task for task in ledger.due_for_lookup(**times)}
 
 
 def status_answer(query_id: str, code: str = "0", **parameters: str) -> tuple[bytes, Any]:

@@ -11,9 +11,10 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from tests.pipeline.conftest import Harness
 from tests.reconcile.conftest import FAST_LOOKUPS, prove_credential, warmup_ocid
-from tests.reconcile.fault_proxy import FaultProxy, all_of, first_payments_of, is_status_query, wait_until
+from tests.support.fault_proxy import FaultProxy, all_of, first_payments_of, is_status_query
+from tests.support.pipeline import Harness
+from tests.support.waiting import wait_until
 from worker.payouts.models import originator_conversation_id
 from worker.simulator import SimulatorOptions
 

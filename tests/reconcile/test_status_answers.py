@@ -7,7 +7,7 @@ import pytest
 from worker.ledger import status_query_id
 from worker.payouts.models import originator_conversation_id
 from worker.protocol.result import build_result_envelope, parse_result_envelope
-from worker.protocol.status import StatusVerdict, interpret_status_answer
+from worker.protocol.status import StatusAnswer, StatusVerdict, interpret_status_answer
 
 TARGET = originator_conversation_id("600000", "mpesab2c", "p-1")
 
@@ -16,7 +16,7 @@ def answer(code: str = "0", **parameters: str) -> StatusVerdict:
     return read(code, **parameters).verdict
 
 
-def read(code: str = "0", **parameters: str):  # type: ignore[no-untyped-def]
+def read(code: str = "0", **parameters: str) -> StatusAnswer:
     raw = build_result_envelope(
         code=code,
         description="The service request is processed successfully." if code == "0" else "No transaction found.",

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sim_client import G2Client
-from sim_support import FAST, Collector, client_for, make_settings, start_collector
 
+from tests.support.sim_client import G2Client
+from tests.support.sim_support import FAST, Collector, client_for, make_settings, start_collector
 from worker.settings import Settings
 from worker.simulator import RunningSimulator, SimulatorOptions, start_simulator
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from sim_client import G2Client
-from sim_support import Collector
 
+from tests.support.sim_client import G2Client
+from tests.support.sim_support import Collector
 from worker.protocol.response import parse_response_envelope
 from worker.protocol.result import parse_queue_timeout, parse_result_envelope
 from worker.simulator.scenarios import SCENARIOS, Scenario, msisdn_for

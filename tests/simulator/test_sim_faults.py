@@ -10,9 +10,9 @@ from collections.abc import Callable
 import pytest
 import requests
 from lxml import etree
-from sim_client import G2Client, ResultView, response_fields, result_view
-from sim_support import Collector, client_for, transactions
 
+from tests.support.sim_client import G2Client, ResultView, response_fields, result_view
+from tests.support.sim_support import Collector, client_for, transactions
 from worker.settings import Settings
 from worker.simulator import RunningSimulator
 from worker.simulator.scenarios import SCENARIOS, Scenario, msisdn_for

@@ -11,9 +11,9 @@ from decimal import Decimal
 
 import pytest
 import requests
-from sim_client import NS_XSD, G2Client, ResultView, compact, response_fields, result_view
-from sim_support import Collector, client_for, transactions, with_deliveries
 
+from tests.support.sim_client import NS_XSD, G2Client, ResultView, compact, response_fields, result_view
+from tests.support.sim_support import Collector, client_for, transactions, with_deliveries
 from worker.settings import Settings
 from worker.simulator import RunningSimulator
 

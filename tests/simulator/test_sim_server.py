@@ -18,9 +18,9 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from sim_client import G2Client, response_fields
-from sim_support import FAST, Collector, client_for, make_settings
 
+from tests.support.sim_client import G2Client, response_fields
+from tests.support.sim_support import FAST, Collector, client_for, make_settings
 from worker.errors import ConfigError
 from worker.settings import Settings
 from worker.simulator import RunningSimulator, SimulatorOptions, scenario_table_markdown, start_simulator

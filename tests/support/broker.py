@@ -1,24 +1,15 @@
-"""Helpers shared by the RabbitMQ tests (imported by name: pytest puts this folder on sys.path)."""
+"""Helpers for the RabbitMQ tests: an arranging channel, a consumer on its thread, a broker-side cut."""
 
 from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import pika
 
 from worker.amqp.consumer import ThreadedConsumer
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def kill_connection(connection_name: str) -> None:

@@ -7,7 +7,6 @@ client's read timeout fires; the simulator never sees the request), False forwar
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -91,12 +90,3 @@ def all_of(originator_conversation_id: str) -> Callable[[bytes], bool]:
     """Swallow every request about one payout: its payment and every status query naming it."""
     marker = originator_conversation_id.encode()
     return lambda body: marker in body
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from sim_client import G2Client
 
+from tests.support.sim_client import G2Client
 from worker.settings import Settings, load_settings
 from worker.simulator import RunningSimulator
 

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,8 +24,9 @@ import pika
 import pytest
 import requests
 
-from tests.conftest import fast_settings_env
-from tests.pipeline.conftest import declare
+from tests.support.pipeline import declare
+from tests.support.settings import fast_settings_env
+from tests.support.waiting import wait_until
 from worker.cli.publish import publish_commands
 from worker.ledger import Ledger, open_ledger
 from worker.payouts.models import PayoutStatus, originator_conversation_id
@@ -43,17 +43,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str] | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f"; {detail()}" if detail else ""))
 
 
 def broker_answers(url: str) -> bool:
@@ -81,13 +70,6 @@ def broker_stopped(url: str) -> Iterator[None]:
         subprocess.run(["rabbitmqctl", "start_app"], check=False, timeout=120, capture_output=True)
         subprocess.run(["rabbitmqctl", "await_startup"], check=False, timeout=120, capture_output=True)
         wait_until(lambda: broker_answers(url), 60, "RabbitMQ to answer again")
-
-
-def commands(run: str, count: int) -> list[dict[str, Any]]:
-    return [
-        {"payout_id": f"{run}-{n:04d}", "msisdn": f"0712{n:06d}", "amount": f"{100 + n}.00", "metadata": {"n": n}}
-        for n in range(count)
-    ]
 
 
 class CliProcess:

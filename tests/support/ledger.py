@@ -1,18 +1,17 @@
-"""Helpers for the ledger tests: builders for commands and results, the outbox reader, a side door."""
+"""Helpers for the ledger tests: builders for results, the outbox reader, a side door into the tables."""
 
 from __future__ import annotations
 
 import json
-import uuid
+import sqlite3
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
+import psycopg
 from jsonschema import Draft202012Validator, FormatChecker
 
-from tests.conftest import table_rows
 from worker.ledger import Ledger, open_ledger
-from worker.payouts.models import CommandId, PayoutCommand, originator_conversation_id
+from worker.payouts.models import originator_conversation_id
 from worker.protocol.result import Result, build_result_envelope, parse_result_envelope
 from worker.resources import schema_path
 from worker.settings import LedgerSettings
@@ -23,6 +22,22 @@ ORG = "mpesab2c"
 _EVENT_VALIDATOR = Draft202012Validator(
     json.loads(schema_path("payout-event.schema.json").read_text()), format_checker=FormatChecker()
 )
+
+
+def table_rows(ledger: LedgerSettings, sql: str, *params: Any) -> list[dict[str, Any]]:
+    """Read the ledger's tables directly (what was stored, whatever the ledger's API says); ``?`` placeholders."""
+    if ledger.database_url is None:
+        conn = sqlite3.connect(ledger.sqlite_path)
+        try:
+            cursor = conn.execute(sql, params)
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        finally:
+            conn.close()
+    with psycopg.connect(ledger.database_url) as pg:
+        cur = pg.execute(sql.replace("?", "%s"), params)
+        names = [column.name for column in cur.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 @dataclass
@@ -37,20 +52,6 @@ class Database:
 
     def query(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         return table_rows(self.settings, sql, *params)
-
-
-def make_command(payout_id: str | None = None, amount: str = "1500.00", **overrides: Any) -> PayoutCommand:
-    fields: dict[str, Any] = {
-        "payout_id": payout_id or f"p-{uuid.uuid4().hex[:12]}",
-        "msisdn": "254712345678",
-        "amount": Decimal(amount),
-        "command": CommandId.BUSINESS_PAYMENT,
-        "remarks": "Payout",
-        "occasion": None,
-        "metadata": {"order": 42},
-    }
-    fields.update(overrides)
-    return PayoutCommand(**fields)
 
 
 def ocid(payout_id: str) -> str:

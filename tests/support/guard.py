@@ -11,15 +11,13 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import table_rows
-from tests.pipeline.conftest import declare, harness_factory
+from tests.support.ledger import table_rows
+from tests.support.pipeline import declare
 from worker.ledger import Ledger
 from worker.payouts.models import Payout
 from worker.protocol.result import build_result_envelope
 from worker.receiver.service import ReceiverService
 from worker.settings import LedgerSettings, Settings
-
-__all__ = ["harness_factory", "table_rows"]
 
 TOKEN = "guard-test-token-0123456789abcdef"
 XML = {"Content-Type": "text/xml; charset=utf-8"}
