@@ -20,7 +20,8 @@ import requests
 from tests.pipeline.conftest import Harness, harness_factory
 from worker import amqp
 from worker.errors import TopologyError
-from worker.ledger.flow_state import BreakerRow, FlowStore
+from worker.ledger import open_ledger
+from worker.ledger.flow_state import BreakerRow
 from worker.settings import Settings
 
 FAST = {
@@ -78,11 +79,11 @@ def queued(settings: Settings) -> int:
 
 
 def breaker(settings: Settings) -> BreakerRow:
-    store = FlowStore.open(settings.ledger)
+    ledger = open_ledger(settings.ledger)
     try:
-        return store.breaker(settings.mpesa.shortcode)
+        return ledger.flow.breaker(settings.mpesa.shortcode)
     finally:
-        store.close()
+        ledger.close()
 
 
 class Sim:

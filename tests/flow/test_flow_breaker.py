@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from tests.flow.conftest import FAST, Sim, breaker, command, epoch, queued, wait_until
 from tests.pipeline.conftest import Harness
 from worker.amqp import Ack, Delivery
-from worker.ledger.flow_state import FlowStore
+from worker.ledger import open_ledger
 from worker.paying.service import WorkerService
 from worker.payouts.models import PayoutStatus, originator_conversation_id, parse_command
 from worker.simulator import SimulatorOptions, start_simulator
@@ -179,8 +179,8 @@ def _interrupted_send(h: Harness, run: str) -> tuple[str, str, Delivery]:
     body = json.dumps(command(run, 1)).encode()
     parsed = parse_command(body, amount_min=settings.mpesa.amount_min, amount_max=settings.mpesa.amount_max)
     ocid = originator_conversation_id(settings.mpesa.shortcode, settings.mpesa.org_name, parsed.payout_id)
-    worker.ledger.record(parsed, ocid, announce_duplicate=False)
-    assert worker.ledger.claim_send(parsed.payout_id, expected_attempts=0) is not None  # then the worker died
+    worker.ledger.payouts.record(parsed, ocid, announce_duplicate=False)
+    assert worker.ledger.payouts.claim_send(parsed.payout_id, expected_attempts=0) is not None  # then the worker died
     worker.processor.send_lease_seconds = 0.0
     redelivered = Delivery(body=body, headers={}, redelivered=True, delivery_count=1, message_id=None, routing_key="")
     return parsed.payout_id, ocid, redelivered
@@ -200,7 +200,8 @@ def test_an_orphaned_send_redelivered_while_the_breaker_is_open_sends_nothing_th
     worker, settings = _worker(h), h.settings
     payout_id, ocid, redelivered = _interrupted_send(h, "orphan")
 
-    store = FlowStore.open(settings.ledger)
+    ledger = open_ledger(settings.ledger)
+    store = ledger.flow
     try:
         opened = store.open_breaker(
             settings.mpesa.shortcode, reason="credential", code="18", detail="test", by="test", next_probe_at=None
@@ -208,14 +209,14 @@ def test_an_orphaned_send_redelivered_while_the_breaker_is_open_sends_nothing_th
         assert opened is not None and opened.open
         assert isinstance(worker.processor.handle(redelivered), Ack)
         assert h.payments() == [], "a request was sent while the breaker was open"
-        payout = worker.ledger.get(payout_id)
+        payout = worker.ledger.payouts.get(payout_id)
         assert payout is not None and payout.originator_conversation_id == ocid
         assert payout.status is PayoutStatus.UNKNOWN, "a held resend of an interrupted send is not 'not sent'"
         assert not h.events.of("payout.failed") and not h.events.of("payout.rejected")
 
         assert store.close_breaker(settings.mpesa.shortcode, by="test") is not None
     finally:
-        store.close()
+        ledger.close()
     h.events.wait_for(lambda e: len(e.of("payout.completed")) == 1, 30, "the orphan paid once the breaker closed")
     assert h.paid_by_originator() == {ocid: 1}
 
@@ -231,7 +232,7 @@ def test_a_busy_answer_to_the_resend_of_an_interrupted_send_leaves_it_unknown(
 
     Sim(h).fault("throttled")  # the resend is answered 'throttled' / 'busy'
     assert isinstance(worker.processor.handle(redelivered), Ack)
-    payout = worker.ledger.get(payout_id)
+    payout = worker.ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.UNKNOWN
     Sim(h).fault(None)
 

@@ -15,12 +15,13 @@ import socket
 from typing import Any
 
 from worker.flow.breaker import describe
-from worker.ledger.flow_state import FlowStore
+from worker.ledger import open_ledger
 from worker.settings import Settings
 
 
 def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
-    store = FlowStore.open(settings.ledger)
+    ledger = open_ledger(settings.ledger)
+    store = ledger.flow
     try:
         key = settings.mpesa.shortcode
         if args.action == "close":
@@ -33,7 +34,7 @@ def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"circuit breaker of shortcode {key} was not open{why}")
         print(json.dumps({"shortcode": key, **describe(store.breaker(key))}, indent=2))
     finally:
-        store.close()
+        ledger.close()
     return 0
 
 

@@ -3,7 +3,7 @@
 ``BEGIN IMMEDIATE`` takes the write lock when a write transaction starts rather than at its first write,
 so two threads can never both read a payout's status and then both change it; the busy timeout makes
 the second one wait instead of failing. WAL lets readers run beside the one writer, and
-``synchronous=FULL`` makes a commit durable before ``begin_send`` returns and the payment is sent.
+``synchronous=FULL`` makes a commit durable before ``claim_send`` returns and the payment is sent.
 """
 
 from __future__ import annotations
