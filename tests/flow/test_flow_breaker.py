@@ -179,7 +179,7 @@ def _interrupted_send(h: Harness, run: str) -> tuple[str, str, Delivery]:
     body = json.dumps(command(run, 1)).encode()
     parsed = parse_command(body, amount_min=settings.mpesa.amount_min, amount_max=settings.mpesa.amount_max)
     ocid = originator_conversation_id(settings.mpesa.shortcode, settings.mpesa.org_name, parsed.payout_id)
-    worker.ledger.payouts.record(parsed, ocid, announce_duplicate=False)
+    worker.ledger.payouts.record(parsed, ocid)
     assert worker.ledger.payouts.claim_send(parsed.payout_id, expected_attempts=0) is not None  # then the worker died
     worker.processor.send_lease_seconds = 0.0
     redelivered = Delivery(body=body, headers={}, redelivered=True, delivery_count=1, message_id=None, routing_key="")

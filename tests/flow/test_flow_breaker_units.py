@@ -1,6 +1,6 @@
 """The circuit breaker's decisions against a real ledger (both engines), without a broker or a gateway.
 
-Results are stored the way the receiver stores them (``Ledger.record_result``); the breaker reads them from
+Results are stored the way the receiver stores them (``ledger.results.record``); the breaker reads them from
 the database, as a worker in another process would.
 """
 

@@ -117,9 +117,14 @@ def app(
     declare(settings)
     ledger = open_ledger(settings.ledger)
     url = settings.amqp.url
-    relay = OutboxRelay(ledger, lambda: amqp.ConfirmedPublisher(url), settings.amqp.events_exchange)
+    relay = OutboxRelay(ledger.outbox, lambda: amqp.ConfirmedPublisher(url), settings.amqp.events_exchange)
     try:
-        yield CallbackReceiver(settings, ledger, relay), ledger, settings, _payouts(ledger, settings)
+        yield (
+            CallbackReceiver(settings, ledger.results, ledger.outbox, relay),
+            ledger,
+            settings,
+            _payouts(ledger, settings),
+        )
     finally:
         relay.close()
         ledger.close()
