@@ -48,8 +48,7 @@ def _payout(ledger: Ledger, payout_id: str, amount: str) -> str:
 
 
 def _result(ledger: Ledger, originator: str, code: str) -> ApplyOutcome:
-    payout = ledger.payouts.find(originator)
-    assert payout is not None
+    [payout] = [p for p in ledger.payouts.list_payouts() if p.originator_conversation_id == originator]
     # A success states the payout's own amount (a result that does not is quarantined, not applied).
     amount = f"{payout.command.amount:.2f}"
     raw = build_result_envelope(

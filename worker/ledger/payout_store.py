@@ -382,15 +382,6 @@ class PayoutStore:
     def get(self, payout_id: str) -> Payout | None:
         return self._find_one("payout_id", payout_id)
 
-    def find(self, originator_conversation_id: str | None = None, conversation_id: str | None = None) -> Payout | None:
-        """By OriginatorConversationID first, then by M-PESA's ConversationID."""
-        payout = None
-        if originator_conversation_id:
-            payout = self._find_one("originator_conversation_id", originator_conversation_id)
-        if payout is None and conversation_id:
-            payout = self._find_one("conversation_id", conversation_id)
-        return payout
-
     def count_by_status(self) -> dict[str, int]:
         """Every status, zeros included (a gauge per status must not vanish when it drops to none)."""
         with self._tx.read() as session:
