@@ -108,7 +108,7 @@ def test_the_query_is_recorded_before_sending_and_counted(ledger: Ledger) -> Non
     payout_id = unknown_payout(ledger)
     first = ledger.lookups.record_status_query(payout_id, trigger=LookupTrigger.UNKNOWN, retry_after=60.0)
     assert first is not None and first.query_originator_conversation_id == ocid(payout_id) + "_Q1"
-    assert ledger.lookups.find_status_query(first.query_originator_conversation_id) == first
+    assert ledger.lookups.status_queries(payout_id) == [first]
     assert payout_id not in due(ledger), "the next lookup waits for the interval"
     second = ledger.lookups.record_status_query(payout_id, trigger=LookupTrigger.UNKNOWN, retry_after=0.0)
     assert second is not None and second.attempt == 2
@@ -131,8 +131,8 @@ def test_completed_answer_completes_an_unknown_payout(ledger: Ledger) -> None:
     assert keys(ledger, payout_id) == ["payout.unknown", "payout.accepted", "payout.completed"]
     completed = bodies(ledger, payout_id)[-1]
     assert completed["result"]["receipt"] == "SE17ABCDEF" and completed["result"]["amount"] == "1500.00"
-    answered = ledger.lookups.find_status_query(query_id)
-    assert answered is not None and answered.verdict == "completed" and answered.answer_code == "0"
+    [answered] = [q for q in ledger.lookups.status_queries(payout_id) if q.query_originator_conversation_id == query_id]
+    assert answered.verdict == "completed" and answered.answer_code == "0"
     assert payout_id not in due(ledger)
     # The payment's own result, arriving late, agrees: nothing changes.
     late = ledger.results.record(*make_result(code="0", originator=ocid(payout_id), conversation_id=None))
@@ -216,8 +216,8 @@ def test_an_answer_contradicting_a_final_status_changes_nothing(ledger: Ledger) 
     assert applied.outcome is ApplyOutcome.STATUS_ANSWER
     payout = ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.FAILED
-    answered = ledger.lookups.find_status_query(query_id)
-    assert answered is not None and "contradicts" in (answered.note or "")
+    [answered] = [q for q in ledger.lookups.status_queries(payout_id) if q.query_originator_conversation_id == query_id]
+    assert "contradicts" in (answered.note or "")
 
 
 def test_queue_timeout_is_kept_and_looked_up_at_once(ledger: Ledger) -> None:

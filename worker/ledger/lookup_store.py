@@ -317,14 +317,6 @@ class LookupStore:
             row = session.one("SELECT * FROM payouts WHERE payout_id = ?", payout_id)
             return None if row is None else _state(session.engine, row)
 
-    def find_status_query(self, query_originator_conversation_id: str) -> StatusQuery | None:
-        with self._tx.read() as session:
-            row = session.one(
-                "SELECT * FROM status_queries WHERE query_originator_conversation_id = ?",
-                query_originator_conversation_id,
-            )
-            return None if row is None else _status_query(session.engine, row)
-
     def status_queries(self, payout_id: str) -> list[StatusQuery]:
         """Every status query made for the payout, in order."""
         with self._tx.read() as session:
