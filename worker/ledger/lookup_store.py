@@ -5,7 +5,8 @@ Rules kept here (the README's "Resolving unknowns" section says the same for ope
 - A lookup is recorded before it is made: a status query's row (with its own, new OriginatorConversationID,
   ``<payout id>_Q<n>``) and the attempt count are committed before the query is sent; a resend first moves
   the payout to ``sending`` (send_attempts + 1), exactly like a first send.
-- A status answer decides only what it clearly says: the original payment completed (with its receipt and
+- A status answer decides only what it clearly says (decided in :mod:`worker.payouts.policy`, written by
+  :mod:`worker.ledger.result_store`): the original payment completed (with its receipt and
   amount, which must agree with the payout) or failed with a final failure code. "Not found" (49) for an
   ``unknown`` payout, or for one M-PESA had only *cached* (100000000), means the request never reached the
   core: the payout gets a resend with the same OriginatorConversationID (M-PESA refuses a second payment
