@@ -34,7 +34,7 @@ def test_rabbitmq_restarted_under_load(crash_rig: Callable[..., CrashRig], rabbi
     with broker_stopped(rabbitmq_url):
         paid_at_stop = rig.paid_count()
         time.sleep(3.0)  # in-flight sends finish and results arrive with no broker to publish to
-        backlog_during = rig.ledger.outbox_backlog()
+        backlog_during = rig.ledger.outbox.backlog()
     assert paid_at_stop < BATCH, "the batch was over before the broker stopped"
     assert backlog_during > 0, "no event had to wait for the broker"
 
@@ -45,7 +45,7 @@ def test_rabbitmq_restarted_under_load(crash_rig: Callable[..., CrashRig], rabbi
     everything = ids + [c["payout_id"] for c in late]
     rig.wait_all_completed(everything, timeout=30)
     rig.assert_paid_exactly_once(everything)
-    wait_until(lambda: rig.ledger.outbox_backlog() == 0, 45, "an empty outbox", rig.diagnostics)
+    wait_until(lambda: rig.ledger.outbox.backlog() == 0, 45, "an empty outbox", rig.diagnostics)
     wait_until(
         lambda: rig.events.ids("payout.accepted") >= set(everything), 45, "every payout.accepted", rig.diagnostics
     )

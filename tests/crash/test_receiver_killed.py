@@ -56,7 +56,7 @@ def test_receiver_killed_while_results_arrive_loses_none(crash_rig: Callable[...
     rig.start_receiver()
     rig.wait_all_completed(ids, timeout=60)
     rig.assert_paid_exactly_once(ids)
-    wait_until(lambda: rig.ledger.outbox_backlog() == 0, 45, "an empty outbox", rig.diagnostics)
+    wait_until(lambda: rig.ledger.outbox.backlog() == 0, 45, "an empty outbox", rig.diagnostics)
     assert not rig.events.of("payout.failed") and not rig.events.of("payout.unknown")
     for t in rig.transactions():  # every result was in the end delivered (answered 2xx) once or more
         assert any(d["status"] == 200 for d in t["callback_deliveries"] if d["kind"] == "result"), t

@@ -216,9 +216,9 @@ def _settled(stack: Measured, ids: list[str], holds: bool) -> bool:
     with contextlib.closing(open_ledger(stack.settings.ledger)) as ledger:
         open_ones = 0
         for pid in ids:
-            payout = ledger.get(pid)
+            payout = ledger.payouts.get(pid)
             if payout is None or not payout.is_final:
-                state = ledger.lookup_state(pid) if payout is not None else None
+                state = ledger.lookups.lookup_state(pid) if payout is not None else None
                 if not (state is not None and state.flagged_for_review):
                     open_ones += 1
     if open_ones == 0:
@@ -280,7 +280,7 @@ def measure(stack: Measured, batch: Batch, cmds: list[dict[str, Any]], label: st
             row.requests += requested.get(ocid, 0)
             row.paid_once += times_paid == 1
             row.double_paid += times_paid > 1
-            payout = ledger.get(pid)
+            payout = ledger.payouts.get(pid)
             if payout is not None and payout.is_final:
                 row.final += 1
                 row.seconds_to_final.append((payout.updated_at - payout.created_at).total_seconds())
@@ -295,7 +295,7 @@ def measure(stack: Measured, batch: Batch, cmds: list[dict[str, Any]], label: st
                         row.lost += 1
                         row.notes.append(f"{pid}: reported {payout.status} but paid")
                 continue
-            state = ledger.lookup_state(pid) if payout is not None else None
+            state = ledger.lookups.lookup_state(pid) if payout is not None else None
             if payout is not None and payout.status is PayoutStatus.UNKNOWN and state and state.flagged_for_review:
                 row.unknown_flagged += 1
             elif held_in_queue > 0 and times_paid == 0 and (payout is None or payout.status is PayoutStatus.RECEIVED):

@@ -20,7 +20,8 @@ from tests.support.flow import FAST, Sim, breaker, epoch, queued
 from tests.support.pipeline import Harness
 from tests.support.waiting import wait_until
 from worker.amqp.consumer import Ack, Delivery
-from worker.ledger.flow_state import BreakerReason, FlowStore
+from worker.ledger import open_ledger
+from worker.ledger.flow_state import BreakerReason
 from worker.paying.service import WorkerService
 from worker.payouts.models import PayoutStatus, originator_conversation_id, parse_command
 from worker.simulator import SimulatorOptions, start_simulator
@@ -182,8 +183,8 @@ def _interrupted_send(h: Harness, run: str) -> tuple[str, str, Delivery]:
     body = json.dumps(command(run, 1)).encode()
     parsed = parse_command(body, amount_min=settings.mpesa.amount_min, amount_max=settings.mpesa.amount_max)
     ocid = originator_conversation_id(settings.mpesa.shortcode, settings.mpesa.org_name, parsed.payout_id)
-    worker.ledger.record(parsed, ocid, announce_duplicate=False)
-    assert worker.ledger.claim_send(parsed.payout_id, expected_attempts=0) is not None  # then the worker died
+    worker.ledger.payouts.record(parsed, ocid)
+    assert worker.ledger.payouts.claim_send(parsed.payout_id, expected_attempts=0) is not None  # then the worker died
     worker.processor.send_lease_seconds = 0.0
     redelivered = Delivery(body=body, headers={}, redelivered=True, delivery_count=1, message_id=None, routing_key="")
     return parsed.payout_id, ocid, redelivered
@@ -203,7 +204,8 @@ def test_an_orphaned_send_redelivered_while_the_breaker_is_open_sends_nothing_th
     worker, settings = _worker(h), h.settings
     payout_id, ocid, redelivered = _interrupted_send(h, "orphan")
 
-    store = FlowStore.open(settings.ledger)
+    ledger = open_ledger(settings.ledger)
+    store = ledger.flow
     try:
         opened = store.open_breaker(
             settings.mpesa.shortcode,
@@ -216,14 +218,14 @@ def test_an_orphaned_send_redelivered_while_the_breaker_is_open_sends_nothing_th
         assert opened is not None and opened.open
         assert isinstance(worker.processor.handle(redelivered), Ack)
         assert h.payments() == [], "a request was sent while the breaker was open"
-        payout = worker.ledger.get(payout_id)
+        payout = worker.ledger.payouts.get(payout_id)
         assert payout is not None and payout.originator_conversation_id == ocid
         assert payout.status is PayoutStatus.UNKNOWN, "a held resend of an interrupted send is not 'not sent'"
         assert not h.events.of("payout.failed") and not h.events.of("payout.rejected")
 
         assert store.close_breaker(settings.mpesa.shortcode, by="test") is not None
     finally:
-        store.close()
+        ledger.close()
     h.events.wait_for(lambda e: len(e.of("payout.completed")) == 1, 30, "the orphan paid once the breaker closed")
     assert h.paid_by_originator() == {ocid: 1}
 
@@ -239,7 +241,7 @@ def test_a_busy_answer_to_the_resend_of_an_interrupted_send_leaves_it_unknown(
 
     Sim(h).fault("throttled")  # the resend is answered 'throttled' / 'busy'
     assert isinstance(worker.processor.handle(redelivered), Ack)
-    payout = worker.ledger.get(payout_id)
+    payout = worker.ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.UNKNOWN
     Sim(h).fault(None)
 

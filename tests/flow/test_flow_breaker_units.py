@@ -1,6 +1,6 @@
 """The circuit breaker's decisions against a real ledger (both engines), without a broker or a gateway.
 
-Results are stored the way the receiver stores them (``Ledger.record_result``); the breaker reads them from
+Results are stored the way the receiver stores them (``ledger.results.record``); the breaker reads them from
 the database, as a worker in another process would.
 """
 
@@ -44,9 +44,9 @@ class Rig:
             metadata={},
         )
         ocid = originator_conversation_id(KEY, "mpesab2c", payout_id)
-        self.ledger.record(command, ocid)
-        self.ledger.begin_send(payout_id)
-        self.ledger.mark_accepted(payout_id, conversation_id=f"AG_{payout_id}", code="0", description="ok")
+        self.ledger.payouts.record(command, ocid)
+        self.ledger.payouts.claim_send(payout_id, expected_attempts=0)
+        self.ledger.payouts.mark_accepted(payout_id, conversation_id=f"AG_{payout_id}", code="0", description="ok")
         return ocid
 
     def result(self, ocid: str, code: str, amount: str = "150.00") -> None:
@@ -58,14 +58,14 @@ class Rig:
             transaction_id="SE1234ABCD" if code == "0" else None,
             parameters={"TransactionAmount": amount, "TransactionReceipt": "SE1234ABCD"} if code == "0" else None,
         )
-        self.ledger.record_result(raw, parse_result_envelope(raw))
+        self.ledger.results.record(raw, parse_result_envelope(raw))
 
 
 @pytest.fixture
 def rig(ledger_env: dict[str, str], make_settings: Callable[..., Settings]) -> Iterator[Rig]:
     settings = make_settings(**ledger_env)
     ledger = open_ledger(settings.ledger)
-    store = FlowStore.open(settings.ledger)
+    store = ledger.flow
 
     def make(**overrides: object) -> CircuitBreaker:
         options: dict[str, object] = {
@@ -80,7 +80,6 @@ def rig(ledger_env: dict[str, str], make_settings: Callable[..., Settings]) -> I
         return CircuitBreaker(store, KEY, **options)  # type: ignore[arg-type]
 
     yield Rig(ledger, store, make)
-    store.close()
     ledger.close()
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from worker.ledger import open_ledger
 from worker.ledger.flow_state import BreakerReason, FlowStore
 from worker.settings import Settings
 
@@ -15,8 +16,8 @@ KEY = "600000"
 
 @pytest.fixture
 def store(ledger_env: dict[str, str], make_settings: Callable[..., Settings]) -> Iterator[FlowStore]:
-    opened = FlowStore.open(make_settings(**ledger_env).ledger)
-    yield opened
+    opened = open_ledger(make_settings(**ledger_env).ledger)
+    yield opened.flow
     opened.close()
 
 

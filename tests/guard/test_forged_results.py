@@ -45,7 +45,7 @@ def accepted_payout(h: Harness, payout_id: str, amount: str = "1500.00") -> Payo
     h.events.wait_for(
         lambda e: any(x["payout_id"] == payout_id for x in e.of("payout.accepted")), 20, f"{payout_id} accepted"
     )
-    payout = h.stack.receiver.ledger.get(payout_id)
+    payout = h.stack.receiver.ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.ACCEPTED and payout.conversation_id
     return payout
 
@@ -91,10 +91,10 @@ def test_forged_success_with_a_wrong_amount_changes_nothing(harness_factory: Cal
 
     assert answer.status_code == 200 and b"00000000" in answer.content, "stored, so answered success"
     assert snapshot(ledger) == before
-    assert ledger.outbox_pending(payout_id="p-forged") == []
+    assert ledger.outbox.pending(payout_id="p-forged") == []
     time.sleep(0.5)
     assert events_of(h, "p-forged") == seen == ["payout.accepted"]
-    [entry] = ledger.list_quarantined()
+    [entry] = ledger.quarantine.entries()
     assert (entry.reason, entry.payout_id, entry.state) == ("amount", "p-forged", QuarantineState.HELD)
     assert entry.raw == forged and "150000" in entry.detail
     rows = table_rows(h.settings.ledger, "SELECT disposition, applied FROM results WHERE payout_id = 'p-forged'")
@@ -104,7 +104,7 @@ def test_forged_success_with_a_wrong_amount_changes_nothing(harness_factory: Cal
     # The quarantine does not block the genuine result.
     assert post(h, result_for(payout, receipt="SGR7GENUINE1")).status_code == 200
     h.events.wait_for(lambda e: "payout.completed" in events_of(h, "p-forged"), 10, "completed")
-    stored = ledger.get("p-forged")
+    stored = ledger.payouts.get("p-forged")
     assert stored is not None and stored.status is PayoutStatus.COMPLETED and stored.receipt == "SGR7GENUINE1"
     assert paid_once(h, "p-forged")
 
@@ -125,7 +125,7 @@ def test_other_mismatches_are_quarantined_too(
     before = snapshot(ledger)
     assert post(h, result_for(payout, **forgery)).status_code == 200
     assert snapshot(ledger) == before
-    assert [e.reason for e in ledger.list_quarantined()] == [reason]
+    assert [e.reason for e in ledger.quarantine.entries()] == [reason]
 
 
 def test_an_unknown_id_is_kept_unmatched_and_quarantined(harness_factory: Callable[..., Harness]) -> None:
@@ -142,7 +142,7 @@ def test_an_unknown_id_is_kept_unmatched_and_quarantined(harness_factory: Callab
     assert snapshot(ledger) == before
     rows = table_rows(h.settings.ledger, "SELECT disposition, payout_id FROM results WHERE disposition <> 'applied'")
     assert rows == [{"disposition": "unmatched", "payout_id": None}]
-    [entry] = ledger.list_quarantined()
+    [entry] = ledger.quarantine.entries()
     assert entry.reason == "unknown_payout" and entry.payout_id is None and entry.raw == body
     assert (REGISTRY.get_sample_value("mpesa_b2c_results_unmatched_total") or 0.0) - unmatched_before == 1
     assert quarantined("unknown_payout") - counted == 1
@@ -157,7 +157,7 @@ def test_quarantine_list_show_drop_release(
     second = accepted_payout(h, "p-q2", amount="250.00")
     assert post(h, result_for(first, amount="9999.00")).status_code == 200
     assert post(h, result_for(second, amount="25.00", receipt="SGR7RELEASE")).status_code == 200
-    q1, q2 = (f"q:{e.id}" for e in ledger.list_quarantined())
+    q1, q2 = (f"q:{e.id}" for e in ledger.quarantine.entries())
 
     code, out = cli(h.settings, capsys, "list", "--quarantine")
     assert code == 0 and q1 in out and q2 in out and "amount" in out and "p-q1" in out
@@ -178,23 +178,23 @@ def test_quarantine_list_show_drop_release(
 
     code, out = cli(h.settings, capsys, "drop", q1, "--note", "forged: wrong amount")
     assert code == 0 and f"dropped {q1}" in out
-    entry = ledger.get_quarantined(int(q1[2:]))
+    entry = ledger.quarantine.get(int(q1[2:]))
     assert entry is not None and entry.state is QuarantineState.DROPPED and entry.resolution == "forged: wrong amount"
-    assert [f"q:{e.id}" for e in ledger.list_quarantined()] == [q2]
-    assert len(ledger.list_quarantined(include_resolved=True)) == 2
+    assert [f"q:{e.id}" for e in ledger.quarantine.entries()] == [q2]
+    assert len(ledger.quarantine.entries(include_resolved=True)) == 2
     with pytest.raises(Exception, match="already dropped"):
         cli(h.settings, capsys, "drop", q1)
 
     # Release needs --yes; then the result is applied to its payout as it is.
     with pytest.raises(Exception, match="--yes"):
         cli(h.settings, capsys, "release", q2)
-    assert ledger.get("p-q2").status is PayoutStatus.ACCEPTED  # type: ignore[union-attr]
+    assert ledger.payouts.get("p-q2").status is PayoutStatus.ACCEPTED  # type: ignore[union-attr]
     code, out = cli(h.settings, capsys, "release", q2, "--yes", "--json")
     released = json.loads(out)
     assert released["outcome"] == ApplyOutcome.APPLIED and released["status"] == "completed"
     h.events.wait_for(lambda e: "payout.completed" in events_of(h, "p-q2"), 10, "released result's event")
-    stored = ledger.get("p-q2")
+    stored = ledger.payouts.get("p-q2")
     assert stored is not None and stored.receipt == "SGR7RELEASE"
-    assert ledger.list_quarantined() == []
+    assert ledger.quarantine.entries() == []
     assert count(h.settings.ledger, "quarantine") == 2
     assert Decimal(stored.command.amount) == Decimal("250.00")

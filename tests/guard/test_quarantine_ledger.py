@@ -34,36 +34,36 @@ def accepted(ledger: Ledger, payout_id: str, amount: str = "1500.00") -> Payout:
         occasion=None,
         metadata={},
     )
-    ledger.record(command, originator_conversation_id("600000", "mpesab2c", payout_id))
-    ledger.begin_send(payout_id)
-    return ledger.mark_accepted(payout_id, conversation_id=f"AG_{payout_id}", code="0", description="ok")
+    ledger.payouts.record(command, originator_conversation_id("600000", "mpesab2c", payout_id))
+    ledger.payouts.claim_send(payout_id, expected_attempts=0)
+    return ledger.payouts.mark_accepted(payout_id, conversation_id=f"AG_{payout_id}", code="0", description="ok")
 
 
 def record(ledger: Ledger, raw: bytes) -> ApplyOutcome:
-    return ledger.record_result(raw, parse_result_envelope(raw)).outcome
+    return ledger.results.record(raw, parse_result_envelope(raw)).outcome
 
 
 def test_held_then_released_once(ledger: Ledger) -> None:
     payout = accepted(ledger, "p-release")
-    before = len(ledger.outbox_pending(payout_id="p-release"))
+    before = len(ledger.outbox.pending(payout_id="p-release"))
     raw = result_for(payout, amount="1.00")
-    applied = ledger.record_result(raw, parse_result_envelope(raw))
+    applied = ledger.results.record(raw, parse_result_envelope(raw))
     assert (applied.outcome, applied.quarantine_reason) == (ApplyOutcome.QUARANTINED, "amount")
     assert applied.payout is not None and applied.payout.status is PayoutStatus.ACCEPTED
-    assert len(ledger.outbox_pending(payout_id="p-release")) == before, "no event for a quarantined result"
-    [entry] = ledger.list_quarantined()
+    assert len(ledger.outbox.pending(payout_id="p-release")) == before, "no event for a quarantined result"
+    [entry] = ledger.quarantine.entries()
 
-    released = ledger.release_quarantined(entry.id, note="checked on the portal")
+    released = ledger.results.release_quarantined(entry.id, note="checked on the portal")
     assert released.outcome is ApplyOutcome.APPLIED
     assert released.payout is not None and released.payout.status is PayoutStatus.COMPLETED
-    assert len(ledger.outbox_pending(payout_id="p-release")) == before + 1
-    stored = ledger.get_quarantined(entry.id)
+    assert len(ledger.outbox.pending(payout_id="p-release")) == before + 1
+    stored = ledger.quarantine.get(entry.id)
     assert stored is not None and stored.state is QuarantineState.RELEASED
     assert stored.resolution is not None and "checked on the portal" in stored.resolution
     with pytest.raises(LedgerError, match="already released"):
-        ledger.release_quarantined(entry.id, note="again")
+        ledger.results.release_quarantined(entry.id, note="again")
     with pytest.raises(LedgerError, match="already released"):
-        ledger.drop_quarantined(entry.id, note="again")
+        ledger.quarantine.drop(entry.id, note="again")
 
 
 def test_no_release_onto_a_final_payout_or_without_one(ledger: Ledger) -> None:
@@ -72,23 +72,23 @@ def test_no_release_onto_a_final_payout_or_without_one(ledger: Ledger) -> None:
     assert record(ledger, result_for(payout, amount="2.00")) is ApplyOutcome.QUARANTINED
     unknown = result_for(payout, originator="600000_mpesab2c_" + "e" * 32, conversation_id="AG_nobody")
     assert record(ledger, unknown) is ApplyOutcome.UNMATCHED
-    mismatch, nobody = ledger.list_quarantined()
+    mismatch, nobody = ledger.quarantine.entries()
     assert (mismatch.reason, nobody.reason) == ("amount", "unknown_payout")
 
     with pytest.raises(LedgerError, match="already completed"):
-        ledger.release_quarantined(mismatch.id, note="x")
+        ledger.results.release_quarantined(mismatch.id, note="x")
     with pytest.raises(LedgerError, match="matched no payout"):
-        ledger.release_quarantined(nobody.id, note="x")
-    assert [e.state for e in ledger.list_quarantined()] == [QuarantineState.HELD, QuarantineState.HELD]
-    final = ledger.get("p-final")
+        ledger.results.release_quarantined(nobody.id, note="x")
+    assert [e.state for e in ledger.quarantine.entries()] == [QuarantineState.HELD, QuarantineState.HELD]
+    final = ledger.payouts.get("p-final")
     assert final is not None and final.receipt == "SGRGENUINE"
 
-    dropped = ledger.drop_quarantined(mismatch.id, note="forged")
+    dropped = ledger.quarantine.drop(mismatch.id, note="forged")
     assert dropped.state is QuarantineState.DROPPED and dropped.resolved_at is not None
-    assert [e.id for e in ledger.list_quarantined()] == [nobody.id]
-    assert {e.id for e in ledger.list_quarantined(include_resolved=True)} == {mismatch.id, nobody.id}
+    assert [e.id for e in ledger.quarantine.entries()] == [nobody.id]
+    assert {e.id for e in ledger.quarantine.entries(include_resolved=True)} == {mismatch.id, nobody.id}
     with pytest.raises(LedgerError, match="no quarantined result"):
-        ledger.drop_quarantined(999_999, note="x")
+        ledger.quarantine.drop(999_999, note="x")
 
 
 def test_a_mismatch_wins_over_a_conflict_and_leaves_the_final_status(ledger: Ledger) -> None:
@@ -96,5 +96,5 @@ def test_a_mismatch_wins_over_a_conflict_and_leaves_the_final_status(ledger: Led
     assert record(ledger, result_for(payout, code="1")) is ApplyOutcome.APPLIED
     assert record(ledger, result_for(payout, amount="9.99")) is ApplyOutcome.QUARANTINED
     assert record(ledger, result_for(payout)) is ApplyOutcome.CONFLICT
-    stored = ledger.get("p-conflict")
+    stored = ledger.payouts.get("p-conflict")
     assert stored is not None and stored.status is PayoutStatus.FAILED

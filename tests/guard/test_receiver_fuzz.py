@@ -89,10 +89,10 @@ def _payouts(ledger: Ledger, settings: Settings) -> list[Payout]:
     for n, amount in enumerate(("100.00", "2500.00", "70.50")):
         payout_id = f"p-fuzz-{n}"
         ocid = originator_conversation_id(settings.mpesa.shortcode, settings.mpesa.org_name, payout_id)
-        ledger.record(_command(payout_id, amount), ocid)
+        ledger.payouts.record(_command(payout_id, amount), ocid)
         if n >= 1:
-            ledger.begin_send(payout_id)
-            ledger.mark_accepted(payout_id, conversation_id=f"AG_FUZZ_{n}", code="0", description="ok")
+            ledger.payouts.claim_send(payout_id, expected_attempts=0)
+            ledger.payouts.mark_accepted(payout_id, conversation_id=f"AG_FUZZ_{n}", code="0", description="ok")
         if n == 2:
             genuine = build_result_envelope(
                 code="0",
@@ -102,8 +102,8 @@ def _payouts(ledger: Ledger, settings: Settings) -> list[Payout]:
                 transaction_id="SGRFUZZ2",
                 parameters={"TransactionAmount": amount, "TransactionReceipt": "SGRFUZZ2"},
             )
-            ledger.record_result(genuine, parse_result_envelope(genuine))
-        stored = ledger.get(payout_id)
+            ledger.results.record(genuine, parse_result_envelope(genuine))
+        stored = ledger.payouts.get(payout_id)
         assert stored is not None
         made.append(stored)
     return made
@@ -117,9 +117,14 @@ def app(
     declare(settings)
     ledger = open_ledger(settings.ledger)
     url = settings.amqp.url
-    relay = OutboxRelay(ledger, lambda: ConfirmedPublisher(url), settings.amqp.events_exchange)
+    relay = OutboxRelay(ledger.outbox, lambda: ConfirmedPublisher(url), settings.amqp.events_exchange)
     try:
-        yield CallbackReceiver(settings, ledger, relay), ledger, settings, _payouts(ledger, settings)
+        yield (
+            CallbackReceiver(settings, ledger.results, ledger.outbox, relay),
+            ledger,
+            settings,
+            _payouts(ledger, settings),
+        )
     finally:
         relay.close()
         ledger.close()
@@ -209,7 +214,7 @@ def test_hostile_bodies_never_crash_and_never_change_a_payout(
 ) -> None:
     receiver, ledger, config, payouts = app
     before = snapshot(ledger)
-    backlog = ledger.outbox_backlog()
+    backlog = ledger.outbox.backlog()
 
     @FUZZ
     @given(
@@ -231,7 +236,7 @@ def test_hostile_bodies_never_crash_and_never_change_a_payout(
         if code == 415:
             assert "xml" not in content_type.lower()
         assert snapshot(ledger) == before
-        assert ledger.outbox_backlog() == backlog
+        assert ledger.outbox.backlog() == backlog
 
     check()
 
@@ -269,5 +274,5 @@ def test_hostile_bodies_over_real_http(receiver_factory: Callable[..., Receiver]
             assert SUCCESS in answer.content
 
     check()
-    assert ledger.list_payouts() == []
+    assert ledger.payouts.list_payouts() == []
     assert requests.get(receiver.url + "/healthz", timeout=5).status_code == 200

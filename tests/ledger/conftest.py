@@ -47,7 +47,7 @@ def new_payout(ledger: Ledger) -> Callable[..., str]:
 
     def create(**overrides: Any) -> str:
         command = make_command(**overrides)
-        ledger.record(command, ocid(command.payout_id))
+        ledger.payouts.record(command, ocid(command.payout_id))
         return command.payout_id
 
     return create

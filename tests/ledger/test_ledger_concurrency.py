@@ -31,7 +31,15 @@ def _all_at_once(count: int, task: Callable[[int], T]) -> list[T]:
 
 def test_concurrent_record_of_one_payout_is_new_exactly_once(ledger: Ledger) -> None:
     command = make_command()
-    outcomes = _all_at_once(THREADS, lambda _: ledger.record(command, ocid(command.payout_id)).outcome)
+
+    def answer(_: int) -> RecordOutcome:
+        # What the worker does with a repeated command: record it, then answer the duplicate.
+        recorded = ledger.payouts.record(command, ocid(command.payout_id))
+        if recorded.outcome is RecordOutcome.DUPLICATE:
+            ledger.payouts.note_duplicate(command.payout_id)
+        return recorded.outcome
+
+    outcomes = _all_at_once(THREADS, answer)
 
     assert Counter(outcomes) == {RecordOutcome.NEW: 1, RecordOutcome.DUPLICATE: THREADS - 1}
     duplicates = events(ledger)
@@ -47,12 +55,12 @@ def test_two_ledgers_record_the_same_payouts(database: Database) -> None:
         def record_all(index: int) -> list[RecordOutcome]:
             ledger = first if index % 2 else second
             order = commands if index % 4 < 2 else list(reversed(commands))
-            return [ledger.record(command, ocid(command.payout_id)).outcome for command in order]
+            return [ledger.payouts.record(command, ocid(command.payout_id)).outcome for command in order]
 
         results = _all_at_once(8, record_all)
         tally = Counter(outcome for outcomes in results for outcome in outcomes)
         assert tally == {RecordOutcome.NEW: 20, RecordOutcome.DUPLICATE: 20 * 7}
-        assert first.count_by_status()["received"] == 20
+        assert first.payouts.count_by_status()["received"] == 20
     finally:
         first.close()
         second.close()
@@ -61,27 +69,38 @@ def test_two_ledgers_record_the_same_payouts(database: Database) -> None:
 def test_concurrent_record_with_different_content_is_one_new_and_conflicts(ledger: Ledger) -> None:
     payout_id = "p-contested"
     commands = [make_command(payout_id, amount=f"{100 + index}.00") for index in range(THREADS)]
-    outcomes = _all_at_once(THREADS, lambda index: ledger.record(commands[index], ocid(payout_id)).outcome)
+    outcomes = _all_at_once(THREADS, lambda index: ledger.payouts.record(commands[index], ocid(payout_id)).outcome)
 
     assert Counter(outcomes) == {RecordOutcome.NEW: 1, RecordOutcome.CONFLICT: THREADS - 1}
-    stored = ledger.get(payout_id)
+    stored = ledger.payouts.get(payout_id)
     assert stored is not None and stored.command in commands
     assert [event["reason"] for _, event in events(ledger)] == ["idempotency_conflict"] * (THREADS - 1)
 
 
 def test_no_send_attempt_is_lost(ledger: Ledger, new_payout: Callable[..., str]) -> None:
     payout_id = new_payout()
-    _all_at_once(THREADS, lambda _: ledger.begin_send(payout_id))
-    stored = ledger.get(payout_id)
+
+    def send(_: int) -> None:
+        # What racing deliveries do: claim from a fresh snapshot until their claim is the current one.
+        while True:
+            current = ledger.payouts.get(payout_id)
+            assert current is not None
+            if ledger.payouts.claim_send(payout_id, expected_attempts=current.send_attempts) is not None:
+                return
+
+    _all_at_once(THREADS, send)
+    stored = ledger.payouts.get(payout_id)
     assert stored is not None and (stored.status, stored.send_attempts) == (PayoutStatus.SENDING, THREADS)
 
 
 def test_concurrent_acceptance_yields_one_event(ledger: Ledger, new_payout: Callable[..., str]) -> None:
     payout_id = new_payout()
-    ledger.begin_send(payout_id)
+    ledger.payouts.claim_send(payout_id, expected_attempts=0)
     _all_at_once(
         THREADS,
-        lambda index: ledger.mark_accepted(payout_id, conversation_id=f"AG_{index}", code="0", description="ok"),
+        lambda index: ledger.payouts.mark_accepted(
+            payout_id, conversation_id=f"AG_{index}", code="0", description="ok"
+        ),
     )
     [(key, _)] = events(ledger)
     assert key == "payout.accepted"
@@ -91,18 +110,18 @@ def test_result_racing_the_acceptance(ledger: Ledger, new_payout: Callable[..., 
     """Whichever wins, every payout tells the payer accepted once, then completed once."""
     ids = [new_payout() for _ in range(12)]
     for payout_id in ids:
-        ledger.begin_send(payout_id)
+        ledger.payouts.claim_send(payout_id, expected_attempts=0)
 
     def race(index: int) -> None:
         payout_id = ids[index // 2]
         if index % 2:
-            ledger.mark_accepted(payout_id, conversation_id="AG_20240501_0000abc", code="0", description="ok")
+            ledger.payouts.mark_accepted(payout_id, conversation_id="AG_20240501_0000abc", code="0", description="ok")
         else:
-            ledger.record_result(*make_result(code="0", originator=ocid(payout_id)))
+            ledger.results.record(*make_result(code="0", originator=ocid(payout_id)))
 
     _all_at_once(len(ids) * 2, race)
     for payout_id in ids:
-        stored = ledger.get(payout_id)
+        stored = ledger.payouts.get(payout_id)
         assert stored is not None and stored.status is PayoutStatus.COMPLETED
         assert [key for key, _ in events(ledger, payout_id)] == ["payout.accepted", "payout.completed"]
 
@@ -112,13 +131,13 @@ def test_many_threads_many_payouts(ledger: Ledger) -> None:
 
     def flow(index: int) -> str:
         command = make_command()
-        ledger.record(command, ocid(command.payout_id))
-        ledger.begin_send(command.payout_id)
-        ledger.mark_accepted(command.payout_id, conversation_id=f"AG_{index}", code="0", description="ok")
-        ledger.record_result(*make_result(code="0", originator=ocid(command.payout_id), conversation_id=f"AG_{index}"))
+        ledger.payouts.record(command, ocid(command.payout_id))
+        ledger.payouts.claim_send(command.payout_id, expected_attempts=0)
+        ledger.payouts.mark_accepted(command.payout_id, conversation_id=f"AG_{index}", code="0", description="ok")
+        ledger.results.record(*make_result(code="0", originator=ocid(command.payout_id), conversation_id=f"AG_{index}"))
         return command.payout_id
 
     ids = _all_at_once(THREADS, flow)
-    assert ledger.count_by_status()["completed"] == THREADS
-    assert ledger.outbox_backlog() == 2 * THREADS
+    assert ledger.payouts.count_by_status()["completed"] == THREADS
+    assert ledger.outbox.backlog() == 2 * THREADS
     assert Counter(event["payout_id"] for _, event in events(ledger)) == dict.fromkeys(ids, 2)

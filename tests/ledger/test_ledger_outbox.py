@@ -15,8 +15,8 @@ def _make_events(ledger: Ledger, new_payout: Callable[..., str], count: int) -> 
     ids = []
     for _ in range(count):
         payout_id = new_payout()
-        ledger.begin_send(payout_id)
-        ledger.mark_accepted(payout_id, conversation_id=f"AG_{payout_id}", code="0", description="ok")
+        ledger.payouts.claim_send(payout_id, expected_attempts=0)
+        ledger.payouts.mark_accepted(payout_id, conversation_id=f"AG_{payout_id}", code="0", description="ok")
         ids.append(payout_id)
     return ids
 
@@ -24,38 +24,38 @@ def _make_events(ledger: Ledger, new_payout: Callable[..., str], count: int) -> 
 def test_pending_oldest_first_and_per_payout(ledger: Ledger, new_payout: Callable[..., str]) -> None:
     ids = _make_events(ledger, new_payout, 5)
 
-    pending = ledger.outbox_pending()
+    pending = ledger.outbox.pending()
     assert [event.payout_id for event in pending] == ids
     assert [json.loads(event.body)["payout_id"] for event in pending] == ids
     assert [event.id for event in pending] == sorted(event.id for event in pending)
     assert all(event.routing_key == "payout.accepted" for event in pending)
-    assert [event.payout_id for event in ledger.outbox_pending(limit=2)] == ids[:2]
-    [only] = ledger.outbox_pending(payout_id=ids[3])
+    assert [event.payout_id for event in ledger.outbox.pending(limit=2)] == ids[:2]
+    [only] = ledger.outbox.pending(payout_id=ids[3])
     assert only.payout_id == ids[3]
-    assert ledger.outbox_pending(payout_id="nobody") == []
+    assert ledger.outbox.pending(payout_id="nobody") == []
 
 
 def test_mark_published_and_backlog(ledger: Ledger, new_payout: Callable[..., str]) -> None:
     _make_events(ledger, new_payout, 4)
-    assert ledger.outbox_backlog() == 4
-    first, second, *rest = ledger.outbox_pending()
+    assert ledger.outbox.backlog() == 4
+    first, second, *rest = ledger.outbox.pending()
 
-    ledger.mark_published([first.id, second.id])
-    ledger.mark_published([first.id, 987654321])
-    ledger.mark_published([])
+    ledger.outbox.mark_published([first.id, second.id])
+    ledger.outbox.mark_published([first.id, 987654321])
+    ledger.outbox.mark_published([])
 
-    assert ledger.outbox_backlog() == 2
-    assert ledger.outbox_pending() == rest
+    assert ledger.outbox.backlog() == 2
+    assert ledger.outbox.pending() == rest
 
 
 def test_published_at_is_kept_from_the_first_confirm(
     ledger: Ledger, database: Database, new_payout: Callable[..., str]
 ) -> None:
     _make_events(ledger, new_payout, 1)
-    [event] = ledger.outbox_pending()
-    ledger.mark_published([event.id])
+    [event] = ledger.outbox.pending()
+    ledger.outbox.mark_published([event.id])
     [first] = database.query("SELECT published_at FROM outbox WHERE id = ?", event.id)
-    ledger.mark_published([event.id])
+    ledger.outbox.mark_published([event.id])
     [second] = database.query("SELECT published_at FROM outbox WHERE id = ?", event.id)
     assert first["published_at"] is not None and first == second
 
@@ -63,27 +63,27 @@ def test_published_at_is_kept_from_the_first_confirm(
 def test_claims_are_leased(ledger: Ledger, new_payout: Callable[..., str]) -> None:
     _make_events(ledger, new_payout, 5)
 
-    assert ledger.claim_outbox(older_than_seconds=3600) == []
-    first = ledger.claim_outbox(limit=3)
-    second = ledger.claim_outbox(limit=3)
+    assert ledger.outbox.claim(older_than_seconds=3600) == []
+    first = ledger.outbox.claim(limit=3)
+    second = ledger.outbox.claim(limit=3)
     assert len(first) == 3 and len(second) == 2
     assert {event.id for event in first}.isdisjoint(event.id for event in second)
-    assert ledger.claim_outbox() == []
+    assert ledger.outbox.claim() == []
 
-    ledger.mark_published([event.id for event in first])
-    expired = ledger.claim_outbox(lease_seconds=0)
+    ledger.outbox.mark_published([event.id for event in first])
+    expired = ledger.outbox.claim(lease_seconds=0)
     assert expired == []
-    assert ledger.outbox_backlog() == 2
+    assert ledger.outbox.backlog() == 2
 
 
 def test_expired_lease_is_claimed_again_but_never_a_published_row(
     ledger: Ledger, new_payout: Callable[..., str]
 ) -> None:
     _make_events(ledger, new_payout, 2)
-    first = ledger.claim_outbox(lease_seconds=0)
+    first = ledger.outbox.claim(lease_seconds=0)
     assert len(first) == 2
-    ledger.mark_published([first[0].id])
-    again = ledger.claim_outbox(lease_seconds=60)
+    ledger.outbox.mark_published([first[0].id])
+    again = ledger.outbox.claim(lease_seconds=60)
     assert [event.id for event in again] == [first[1].id]
 
 
@@ -97,9 +97,9 @@ def test_concurrent_relays_claim_each_event_once(
 
     def relay(index: int) -> None:
         start.wait()
-        while batch := relays[index].claim_outbox(limit=3):
+        while batch := relays[index].outbox.claim(limit=3):
             claimed[index].extend(event.id for event in batch)
-            relays[index].mark_published([event.id for event in batch])
+            relays[index].outbox.mark_published([event.id for event in batch])
 
     threads = [threading.Thread(target=relay, args=(index,)) for index in range(len(relays))]
     for thread in threads:
@@ -112,15 +112,15 @@ def test_concurrent_relays_claim_each_event_once(
     everything = [event_id for ids in claimed for event_id in ids]
     assert len(everything) == 40
     assert len(set(everything)) == 40
-    assert ledger.outbox_backlog() == 0
+    assert ledger.outbox.backlog() == 0
 
 
 def test_released_claims_are_claimable_again_at_once(ledger: Ledger, new_payout: Callable[..., str]) -> None:
     ids = _make_events(ledger, new_payout, 3)
-    claimed = ledger.claim_outbox(lease_seconds=60)
-    assert len(claimed) == 3 and ledger.claim_outbox() == []
-    ledger.mark_published([claimed[0].id])
-    ledger.release_outbox([event.id for event in claimed])
-    again = ledger.claim_outbox(payout_id=ids[1])
+    claimed = ledger.outbox.claim(lease_seconds=60)
+    assert len(claimed) == 3 and ledger.outbox.claim() == []
+    ledger.outbox.mark_published([claimed[0].id])
+    ledger.outbox.release([event.id for event in claimed])
+    again = ledger.outbox.claim(payout_id=ids[1])
     assert [event.payout_id for event in again] == [ids[1]]
-    assert [event.payout_id for event in ledger.claim_outbox()] == [ids[2]]
+    assert [event.payout_id for event in ledger.outbox.claim()] == [ids[2]]

@@ -11,14 +11,13 @@ import pytest
 
 from tests.support.ledger import Database, events, make_result, ocid
 from worker.errors import LedgerError
-from worker.ledger import ApplyOutcome, Ledger
-from worker.ledger import store as ledger_store
+from worker.ledger import ApplyOutcome, Ledger, result_store
 from worker.payouts.models import PayoutStatus
 
 
 def _accepted(ledger: Ledger, payout_id: str, conversation_id: str = "AG_20240501_0000abc") -> None:
-    ledger.begin_send(payout_id)
-    ledger.mark_accepted(payout_id, conversation_id=conversation_id, code="0", description="Accepted")
+    ledger.payouts.claim_send(payout_id, expected_attempts=0)
+    ledger.payouts.mark_accepted(payout_id, conversation_id=conversation_id, code="0", description="Accepted")
 
 
 def _stored_results(database: Database) -> list[dict[str, Any]]:
@@ -39,7 +38,7 @@ def test_completed_result_finalises_with_details(
     _accepted(ledger, payout_id)
     raw, result = make_result(code="0", originator=ocid(payout_id))
 
-    applied = ledger.record_result(raw, result)
+    applied = ledger.results.record(raw, result)
 
     assert applied.outcome is ApplyOutcome.APPLIED
     payout = applied.payout
@@ -51,7 +50,7 @@ def test_completed_result_finalises_with_details(
     assert payout.final_details["recipient_name"] == "Jane Doe"
     assert payout.final_details["balances"] == {"working": "98500.00", "utility": "48500.00", "charges": "0.00"}
     assert payout.final_details["completed_at"] == "2024-05-01T09:30:11.000000Z"
-    assert ledger.get(payout_id) == payout
+    assert ledger.payouts.get(payout_id) == payout
 
     keys = [(key, event["status"]) for key, event in events(ledger, payout_id)]
     assert keys == [("payout.accepted", "accepted"), ("payout.completed", "completed")]
@@ -74,7 +73,7 @@ def test_failed_result_records_the_category(ledger: Ledger, new_payout: Callable
     _accepted(ledger, payout_id)
     raw, result = make_result(code="1", originator=ocid(payout_id), receipt=None)
 
-    applied = ledger.record_result(raw, result)
+    applied = ledger.results.record(raw, result)
 
     assert applied.payout is not None
     assert (applied.payout.status, applied.payout.reason, applied.payout.result_code) == (
@@ -91,18 +90,18 @@ def test_result_before_acceptance_emits_accepted_then_final(
     ledger: Ledger, new_payout: Callable[..., str], before: str
 ) -> None:
     payout_id = new_payout()
-    ledger.begin_send(payout_id)
+    ledger.payouts.claim_send(payout_id, expected_attempts=0)
     if before == "unknown":
-        ledger.mark_unknown(payout_id, reason="no_response", code=None, description=None)
+        ledger.payouts.mark_unknown(payout_id, reason="no_response", code=None, description=None)
     if before == "received":
-        ledger.mark_not_sent(payout_id, code="26", description="busy")
+        ledger.payouts.mark_not_sent(payout_id, code="26", description="busy")
     raw, result = make_result(code="0", originator=ocid(payout_id), conversation_id="AG_from_result")
 
-    applied = ledger.record_result(raw, result)
+    applied = ledger.results.record(raw, result)
 
     assert applied.outcome is ApplyOutcome.APPLIED
     assert applied.payout is not None and applied.payout.status is PayoutStatus.COMPLETED
-    late = ledger.mark_accepted(payout_id, conversation_id="AG_late", code="0", description="Accepted")
+    late = ledger.payouts.mark_accepted(payout_id, conversation_id="AG_late", code="0", description="Accepted")
     assert late == applied.payout
     statuses = [(key, event["status"], event["conversation_id"]) for key, event in events(ledger, payout_id)]
     expected_prefix = [("payout.unknown", "unknown", None)] if before == "unknown" else []
@@ -119,8 +118,8 @@ def test_repeated_final_result_is_a_duplicate(
     payout_id = new_payout()
     _accepted(ledger, payout_id)
     raw, result = make_result(code="0", originator=ocid(payout_id))
-    first = ledger.record_result(raw, result)
-    second = ledger.record_result(raw, result)
+    first = ledger.results.record(raw, result)
+    second = ledger.results.record(raw, result)
 
     assert second.outcome is ApplyOutcome.DUPLICATE_FINAL
     assert second.payout == first.payout
@@ -133,12 +132,12 @@ def test_contradicting_result_is_stored_not_applied(
 ) -> None:
     payout_id = new_payout()
     _accepted(ledger, payout_id)
-    ledger.record_result(*make_result(code="0", originator=ocid(payout_id)))
+    ledger.results.record(*make_result(code="0", originator=ocid(payout_id)))
     failed_raw, failed = make_result(code="2", originator=ocid(payout_id), receipt=None)
     other_raw, other_receipt = make_result(code="0", originator=ocid(payout_id), receipt="SE17ZZZZZZ")
 
-    assert ledger.record_result(failed_raw, failed).outcome is ApplyOutcome.CONFLICT
-    conflict = ledger.record_result(other_raw, other_receipt)
+    assert ledger.results.record(failed_raw, failed).outcome is ApplyOutcome.CONFLICT
+    conflict = ledger.results.record(other_raw, other_receipt)
 
     assert conflict.outcome is ApplyOutcome.CONFLICT
     assert conflict.payout is not None
@@ -155,18 +154,18 @@ def test_contradicting_result_is_stored_not_applied(
 
 def test_completed_result_after_rejection_is_a_conflict(ledger: Ledger, new_payout: Callable[..., str]) -> None:
     payout_id = new_payout()
-    ledger.begin_send(payout_id)
-    ledger.mark_rejected(payout_id, reason="mpesa_rejected", code="1", description="no", message="m")
-    assert ledger.record_result(*make_result(code="0", originator=ocid(payout_id))).outcome is ApplyOutcome.CONFLICT
-    failed = ledger.record_result(*make_result(code="1", originator=ocid(payout_id), receipt=None))
+    ledger.payouts.claim_send(payout_id, expected_attempts=0)
+    ledger.payouts.mark_rejected(payout_id, reason="mpesa_rejected", code="1", description="no", message="m")
+    assert ledger.results.record(*make_result(code="0", originator=ocid(payout_id))).outcome is ApplyOutcome.CONFLICT
+    failed = ledger.results.record(*make_result(code="1", originator=ocid(payout_id), receipt=None))
     assert failed.outcome is ApplyOutcome.DUPLICATE_FINAL
-    stored = ledger.get(payout_id)
+    stored = ledger.payouts.get(payout_id)
     assert stored is not None and stored.status is PayoutStatus.REJECTED
 
 
 def test_unmatched_result_is_kept(ledger: Ledger, database: Database) -> None:
     raw, result = make_result(code="0", originator="600000_other_abc", conversation_id="AG_unknown")
-    applied = ledger.record_result(raw, result)
+    applied = ledger.results.record(raw, result)
     assert (applied.outcome, applied.payout) == (ApplyOutcome.UNMATCHED, None)
     [row] = _stored_results(database)
     assert (row["raw"], row["payout_id"], row["applied"], row["originator_conversation_id"]) == (
@@ -181,7 +180,7 @@ def test_unmatched_result_is_kept(ledger: Ledger, database: Database) -> None:
 def test_result_found_by_conversation_id(ledger: Ledger, new_payout: Callable[..., str]) -> None:
     payout_id = new_payout()
     _accepted(ledger, payout_id, conversation_id="AG_known")
-    applied = ledger.record_result(*make_result(code="0", originator=None, conversation_id="AG_known"))
+    applied = ledger.results.record(*make_result(code="0", originator=None, conversation_id="AG_known"))
     assert applied.outcome is ApplyOutcome.APPLIED
     assert applied.payout is not None and applied.payout.payout_id == payout_id
 
@@ -192,7 +191,7 @@ def test_non_final_result_on_accepted_payout(
 ) -> None:
     payout_id = new_payout()
     _accepted(ledger, payout_id)
-    applied = ledger.record_result(*make_result(code=code, originator=ocid(payout_id), receipt=None))
+    applied = ledger.results.record(*make_result(code=code, originator=ocid(payout_id), receipt=None))
 
     assert applied.outcome is ApplyOutcome.NOT_FINAL
     assert applied.payout is not None and applied.payout.status == status_after
@@ -205,7 +204,7 @@ def test_non_final_result_on_accepted_payout(
     [row] = _stored_results(database)
     assert row["applied"] is (status_after == "unknown")
 
-    completed = ledger.record_result(*make_result(code="0", originator=ocid(payout_id)))
+    completed = ledger.results.record(*make_result(code="0", originator=ocid(payout_id)))
     assert completed.payout is not None and completed.payout.status is PayoutStatus.COMPLETED
 
 
@@ -214,8 +213,8 @@ def test_non_final_result_leaves_a_sending_payout_alone(
     ledger: Ledger, new_payout: Callable[..., str], code: str
 ) -> None:
     payout_id = new_payout()
-    before = ledger.begin_send(payout_id)
-    applied = ledger.record_result(*make_result(code=code, originator=ocid(payout_id), receipt=None))
+    before = ledger.payouts.claim_send(payout_id, expected_attempts=0)
+    applied = ledger.results.record(*make_result(code=code, originator=ocid(payout_id), receipt=None))
     assert applied.outcome is ApplyOutcome.NOT_FINAL
     assert applied.payout == before
     assert events(ledger) == []
@@ -230,12 +229,12 @@ def test_raw_result_is_kept_when_applying_fails(
     def broken(**_: object) -> dict[str, object]:
         raise RuntimeError("summary exploded")
 
-    monkeypatch.setattr(ledger_store, "result_summary", broken)
+    monkeypatch.setattr(result_store, "result_summary", broken)
     raw, result = make_result(code="0", originator=ocid(payout_id))
     with pytest.raises(LedgerError, match="stored but not applied: RuntimeError: summary exploded"):
-        ledger.record_result(raw, result)
+        ledger.results.record(raw, result)
 
-    stored = ledger.get(payout_id)
+    stored = ledger.payouts.get(payout_id)
     assert stored is not None and stored.status is PayoutStatus.ACCEPTED
     assert [key for key, _ in events(ledger, payout_id)] == ["payout.accepted"]
     [row] = _stored_results(database)
@@ -247,7 +246,7 @@ def test_result_amount_and_time_stay_exact(ledger: Ledger, new_payout: Callable[
     payout_id = new_payout(amount="1234567.89")
     _accepted(ledger, payout_id)
     raw, result = make_result(code="0", originator=ocid(payout_id), amount="1234567.89")
-    applied = ledger.record_result(raw, result)
+    applied = ledger.results.record(raw, result)
     assert applied.payout is not None and applied.payout.final_details is not None
     assert Decimal(applied.payout.final_details["amount"]) == Decimal("1234567.89")
     assert applied.payout.updated_at <= datetime.now(UTC)
@@ -262,10 +261,10 @@ def test_a_result_that_cannot_be_stored_at_all_is_a_ledger_error(
     def refuse(*_: object, **__: object) -> None:
         raise LedgerError("disk full")
 
-    monkeypatch.setattr(ledger_store._Work, "store_result", refuse)
+    monkeypatch.setattr(result_store, "store_result", refuse)
     with pytest.raises(LedgerError, match=r"neither applied \(disk full\) nor stored \(disk full\)"):
-        ledger.record_result(*make_result(code="0", originator=ocid(payout_id)))
-    stored = ledger.get(payout_id)
+        ledger.results.record(*make_result(code="0", originator=ocid(payout_id)))
+    stored = ledger.payouts.get(payout_id)
     assert stored is not None and stored.status is PayoutStatus.ACCEPTED
     assert len(events(ledger, payout_id)) == 1
     assert _stored_results(database) == []

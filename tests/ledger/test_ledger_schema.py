@@ -44,7 +44,7 @@ def test_concurrent_opens_create_the_schema_once(database: Database) -> None:
         assert applied == [{"version": version} for version, _ in MIGRATIONS]
         assert applied[-1] == {"version": LATEST_VERSION}
         command = make_command()
-        outcomes = {ledger.record(command, ocid(command.payout_id)).outcome for ledger in ledgers}
+        outcomes = {ledger.payouts.record(command, ocid(command.payout_id)).outcome for ledger in ledgers}
         assert outcomes == {RecordOutcome.NEW, RecordOutcome.DUPLICATE}
     finally:
         for ledger in ledgers:
@@ -54,13 +54,13 @@ def test_concurrent_opens_create_the_schema_once(database: Database) -> None:
 def test_reopening_keeps_everything(database: Database) -> None:
     command = make_command()
     first = database.open()
-    first.record(command, ocid(command.payout_id))
-    first.begin_send(command.payout_id)
+    first.payouts.record(command, ocid(command.payout_id))
+    first.payouts.claim_send(command.payout_id, expected_attempts=0)
     first.close()
 
     second = database.open()
     try:
-        stored = second.get(command.payout_id)
+        stored = second.payouts.get(command.payout_id)
         assert stored is not None and stored.send_attempts == 1
         assert len(database.query("SELECT version FROM schema_version")) == len(MIGRATIONS)
     finally:
@@ -85,7 +85,7 @@ def test_closed_ledger_refuses_work(database: Database) -> None:
     ledger = database.open()
     ledger.close()
     with pytest.raises(LedgerError, match="closed"):
-        ledger.get("anything")
+        ledger.payouts.get("anything")
 
 
 def test_unreachable_postgres_is_a_ledger_error() -> None:

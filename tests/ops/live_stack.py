@@ -374,7 +374,7 @@ def wait_final(ledger: Ledger, payout_ids: list[str], timeout: float) -> None:
     def pending() -> list[str]:
         left = []
         for payout_id in payout_ids:
-            payout = ledger.get(payout_id)
+            payout = ledger.payouts.get(payout_id)
             if payout is None or not payout.is_final:
                 left.append(f"{payout_id}: {payout.status if payout else 'not recorded'}")
         return left

@@ -42,14 +42,13 @@ def _payout(ledger: Ledger, payout_id: str, amount: str) -> str:
         metadata={},
     )
     originator = originator_conversation_id("600000", "mpesab2c", payout_id)
-    ledger.record(command, originator)
-    ledger.begin_send(payout_id)
+    ledger.payouts.record(command, originator)
+    ledger.payouts.claim_send(payout_id, expected_attempts=0)
     return originator
 
 
 def _result(ledger: Ledger, originator: str, code: str) -> ApplyOutcome:
-    payout = ledger.find(originator)
-    assert payout is not None
+    [payout] = [p for p in ledger.payouts.list_payouts() if p.originator_conversation_id == originator]
     # A success states the payout's own amount (a result that does not is quarantined, not applied).
     amount = f"{payout.command.amount:.2f}"
     raw = build_result_envelope(
@@ -60,14 +59,14 @@ def _result(ledger: Ledger, originator: str, code: str) -> ApplyOutcome:
         transaction_id="SE17ABCDEF" if code == "0" else None,
         parameters={"TransactionAmount": amount, "TransactionReceipt": "SE17ABCDEF"} if code == "0" else {},
     )
-    return ledger.record_result(raw, parse_result_envelope(raw)).outcome
+    return ledger.results.record(raw, parse_result_envelope(raw)).outcome
 
 
 def test_failed_result_counts_the_kes_and_the_callback_lag(ledger: Ledger) -> None:
     failed_before = sample("mpesa_b2c_failed_kes_total")
     lags_before = sample("mpesa_b2c_callback_lag_seconds_count")
     originator = _payout(ledger, "p-metrics-failed", "1234.50")
-    ledger.mark_accepted("p-metrics-failed", conversation_id="AG_20240501_0000abc", code="0", description="ok")
+    ledger.payouts.mark_accepted("p-metrics-failed", conversation_id="AG_20240501_0000abc", code="0", description="ok")
 
     assert _result(ledger, originator, "1") is ApplyOutcome.APPLIED
 
@@ -82,7 +81,9 @@ def test_failed_result_counts_the_kes_and_the_callback_lag(ledger: Ledger) -> No
 def test_completed_result_counts_no_failed_kes(ledger: Ledger) -> None:
     failed_before = sample("mpesa_b2c_failed_kes_total")
     originator = _payout(ledger, "p-metrics-completed", "99.00")
-    ledger.mark_accepted("p-metrics-completed", conversation_id="AG_20240501_0000abc", code="0", description="ok")
+    ledger.payouts.mark_accepted(
+        "p-metrics-completed", conversation_id="AG_20240501_0000abc", code="0", description="ok"
+    )
     assert _result(ledger, originator, "0") is ApplyOutcome.APPLIED
     assert sample("mpesa_b2c_failed_kes_total") == failed_before
 
@@ -91,12 +92,12 @@ def test_leaving_unknown_observes_the_time_spent_unknown(ledger: Ledger) -> None
     unknown_before = sample("mpesa_b2c_unknown_duration_seconds_count")
     lags_before = sample("mpesa_b2c_callback_lag_seconds_count")
     originator = _payout(ledger, "p-metrics-unknown", "10.00")
-    ledger.mark_unknown("p-metrics-unknown", reason="no_response", code=None, description="read timeout")
+    ledger.payouts.mark_unknown("p-metrics-unknown", reason="no_response", code=None, description="read timeout")
     assert sample("mpesa_b2c_unknown_duration_seconds_count") == unknown_before
 
     assert _result(ledger, originator, "0") is ApplyOutcome.APPLIED
 
-    payout = ledger.get("p-metrics-unknown")
+    payout = ledger.payouts.get("p-metrics-unknown")
     assert payout is not None and payout.status is PayoutStatus.COMPLETED
     assert sample("mpesa_b2c_unknown_duration_seconds_count") - unknown_before == 1
     # Never seen accepted: its acceptance time is not known, so no callback lag is made up for it.

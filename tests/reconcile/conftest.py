@@ -68,8 +68,10 @@ def prove_credential(h: Harness) -> None:
     assert worker is not None
     ledger = worker.ledger
     command = PayoutCommand(payout_id=WARMUP, msisdn="254712999999", amount=Decimal("10.00"))
-    ledger.record(command, warmup_ocid(h))
-    ledger.begin_send(WARMUP)
-    ledger.mark_unknown(WARMUP, reason="no_response", code=None, description="warm-up")
-    wait_until(lambda: any(q.verdict for q in ledger.status_queries(WARMUP)), 15, "the warm-up status answer")
+    ledger.payouts.record(command, warmup_ocid(h))
+    warm = ledger.payouts.get(WARMUP)
+    assert warm is not None
+    ledger.payouts.claim_send(WARMUP, expected_attempts=warm.send_attempts)
+    ledger.payouts.mark_unknown(WARMUP, reason="no_response", code=None, description="warm-up")
+    wait_until(lambda: any(q.verdict for q in ledger.lookups.status_queries(WARMUP)), 15, "the warm-up status answer")
     wait_until(lambda: worker.flow.breaker.describe()["credential_proven"], 10, "the credential proven")

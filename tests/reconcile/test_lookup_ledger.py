@@ -18,6 +18,7 @@ from worker.ledger import (
     LookupAction,
     LookupTask,
     LookupTrigger,
+    QueryResponse,
 )
 from worker.payouts.models import PayoutStatus
 from worker.protocol.result import QueueTimeout, build_result_envelope, parse_result_envelope
@@ -41,32 +42,32 @@ DUE: Due = {"unknown_after": 0.0, "result_timeout": 0.0, "stuck_after": 0.0, "le
 
 
 def keys(ledger: Ledger, payout_id: str) -> list[str]:
-    return [row.routing_key for row in ledger.outbox_pending(limit=1000, payout_id=payout_id)]
+    return [row.routing_key for row in ledger.outbox.pending(limit=1000, payout_id=payout_id)]
 
 
 def bodies(ledger: Ledger, payout_id: str) -> list[dict[str, Any]]:
-    return [json.loads(row.body) for row in ledger.outbox_pending(limit=1000, payout_id=payout_id)]
+    return [json.loads(row.body) for row in ledger.outbox.pending(limit=1000, payout_id=payout_id)]
 
 
 def unknown_payout(ledger: Ledger, **overrides: Any) -> str:
     command = make_command(**overrides)
-    ledger.record(command, ocid(command.payout_id))
-    ledger.begin_send(command.payout_id)
-    ledger.mark_unknown(command.payout_id, reason="no_response", code=None, description="read timeout")
+    ledger.payouts.record(command, ocid(command.payout_id))
+    ledger.payouts.claim_send(command.payout_id, expected_attempts=0)
+    ledger.payouts.mark_unknown(command.payout_id, reason="no_response", code=None, description="read timeout")
     return command.payout_id
 
 
 def accepted_payout(ledger: Ledger, code: str = "0") -> str:
     command = make_command()
-    ledger.record(command, ocid(command.payout_id))
-    ledger.begin_send(command.payout_id)
-    ledger.mark_accepted(command.payout_id, conversation_id=None, code=code, description="taken")
+    ledger.payouts.record(command, ocid(command.payout_id))
+    ledger.payouts.claim_send(command.payout_id, expected_attempts=0)
+    ledger.payouts.mark_accepted(command.payout_id, conversation_id=None, code=code, description="taken")
     return command.payout_id
 
 
 def due(ledger: Ledger, **overrides: Unpack[DueOverrides]) -> dict[str, LookupTask]:
     times: Due = {**DUE, **overrides}
-    return {task.payout.payout_id: task for task in ledger.due_for_lookup(**times)}
+    return {task.payout.payout_id: task for task in ledger.lookups.due_for_lookup(**times)}
 
 
 def status_answer(query_id: str, code: str = "0", **parameters: str) -> tuple[bytes, Any]:
@@ -94,8 +95,8 @@ def completed_params(payout_id: str, receipt: str = "SE17ABCDEF", amount: str = 
     }
 
 
-def query(ledger: Ledger, payout_id: str, trigger: str = "unknown") -> str:
-    made = ledger.record_status_query(payout_id, trigger=trigger, retry_after=0.0)
+def query(ledger: Ledger, payout_id: str, trigger: LookupTrigger = LookupTrigger.UNKNOWN) -> str:
+    made = ledger.lookups.record_status_query(payout_id, trigger=trigger, retry_after=0.0)
     assert made is not None
     return made.query_originator_conversation_id
 
@@ -122,17 +123,17 @@ def test_accepted_without_result_is_due_after_the_result_timeout(ledger: Ledger)
 
 def test_the_query_is_recorded_before_sending_and_counted(ledger: Ledger) -> None:
     payout_id = unknown_payout(ledger)
-    first = ledger.record_status_query(payout_id, trigger="unknown", retry_after=60.0)
+    first = ledger.lookups.record_status_query(payout_id, trigger=LookupTrigger.UNKNOWN, retry_after=60.0)
     assert first is not None and first.query_originator_conversation_id == ocid(payout_id) + "_Q1"
-    assert ledger.find_status_query(first.query_originator_conversation_id) == first
+    assert ledger.lookups.status_queries(payout_id) == [first]
     assert payout_id not in due(ledger), "the next lookup waits for the interval"
-    second = ledger.record_status_query(payout_id, trigger="unknown", retry_after=0.0)
+    second = ledger.lookups.record_status_query(payout_id, trigger=LookupTrigger.UNKNOWN, retry_after=0.0)
     assert second is not None and second.attempt == 2
-    ledger.note_status_query_response(
-        second.query_originator_conversation_id, outcome="accepted", code="0", description="ok"
+    ledger.lookups.note_status_query_response(
+        second.query_originator_conversation_id, outcome=QueryResponse.ACCEPTED, code="0", description="ok"
     )
-    assert [q.response_outcome for q in ledger.status_queries(payout_id)] == [None, "accepted"]
-    state = ledger.lookup_state(payout_id)
+    assert [q.response_outcome for q in ledger.lookups.status_queries(payout_id)] == [None, "accepted"]
+    state = ledger.lookups.lookup_state(payout_id)
     assert state is not None and state.lookup_attempts == 2 and state.lookup_started_at is not None
     assert due(ledger)[payout_id].attempts == 2
 
@@ -140,26 +141,26 @@ def test_the_query_is_recorded_before_sending_and_counted(ledger: Ledger) -> Non
 def test_completed_answer_completes_an_unknown_payout(ledger: Ledger) -> None:
     payout_id = unknown_payout(ledger)
     query_id = query(ledger, payout_id)
-    applied = ledger.record_result(*status_answer(query_id, **completed_params(payout_id)))
+    applied = ledger.results.record(*status_answer(query_id, **completed_params(payout_id)))
     assert applied.outcome is ApplyOutcome.STATUS_ANSWER
-    payout = ledger.get(payout_id)
+    payout = ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.COMPLETED and payout.receipt == "SE17ABCDEF"
     assert keys(ledger, payout_id) == ["payout.unknown", "payout.accepted", "payout.completed"]
     completed = bodies(ledger, payout_id)[-1]
     assert completed["result"]["receipt"] == "SE17ABCDEF" and completed["result"]["amount"] == "1500.00"
-    answered = ledger.find_status_query(query_id)
-    assert answered is not None and answered.verdict == "completed" and answered.answer_code == "0"
+    [answered] = [q for q in ledger.lookups.status_queries(payout_id) if q.query_originator_conversation_id == query_id]
+    assert answered.verdict == "completed" and answered.answer_code == "0"
     assert payout_id not in due(ledger)
     # The payment's own result, arriving late, agrees: nothing changes.
-    late = ledger.record_result(*make_result(code="0", originator=ocid(payout_id), conversation_id=None))
+    late = ledger.results.record(*make_result(code="0", originator=ocid(payout_id), conversation_id=None))
     assert late.outcome is ApplyOutcome.DUPLICATE_FINAL
 
 
 def test_failed_answer_fails_with_the_original_code(ledger: Ledger) -> None:
     payout_id = unknown_payout(ledger)
     params = {"TransactionStatus": "Failed", "ResultCode": "1", "ReceiptNo": "SE1FAILED0"}
-    ledger.record_result(*status_answer(query(ledger, payout_id), **params))
-    payout = ledger.get(payout_id)
+    ledger.results.record(*status_answer(query(ledger, payout_id), **params))
+    payout = ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.FAILED
     assert payout.reason == "funds" and payout.receipt is None and payout.result_code == "1"
 
@@ -167,8 +168,8 @@ def test_failed_answer_fails_with_the_original_code(ledger: Ledger) -> None:
 def test_undecided_answer_changes_nothing(ledger: Ledger) -> None:
     payout_id = unknown_payout(ledger)
     params = {"TransactionStatus": "Failed", "ResultCode": "17"}
-    ledger.record_result(*status_answer(query(ledger, payout_id), **params))
-    payout = ledger.get(payout_id)
+    ledger.results.record(*status_answer(query(ledger, payout_id), **params))
+    payout = ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.UNKNOWN
     assert keys(ledger, payout_id) == ["payout.unknown"]
     assert due(ledger)[payout_id].action is LookupAction.QUERY
@@ -176,16 +177,16 @@ def test_undecided_answer_changes_nothing(ledger: Ledger) -> None:
 
 def test_not_found_for_an_unknown_payout_makes_a_same_id_resend_due(ledger: Ledger) -> None:
     payout_id = unknown_payout(ledger)
-    ledger.record_result(*status_answer(query(ledger, payout_id), code="49"))
+    ledger.results.record(*status_answer(query(ledger, payout_id), code="49"))
     task = due(ledger)[payout_id]
     assert task.action is LookupAction.RESEND and task.attempts == 1
-    assert ledger.claim_resend(payout_id, expected_attempts=0, retry_after=0.0) is None, "stale snapshot"
-    claimed = ledger.claim_resend(payout_id, expected_attempts=1, retry_after=0.0)
+    assert ledger.lookups.claim_resend(payout_id, expected_attempts=0, retry_after=0.0) is None, "stale snapshot"
+    claimed = ledger.lookups.claim_resend(payout_id, expected_attempts=1, retry_after=0.0)
     assert claimed is not None and claimed.status is PayoutStatus.SENDING and claimed.send_attempts == 2
     assert claimed.originator_conversation_id == ocid(payout_id)
-    assert ledger.claim_resend(payout_id, expected_attempts=2, retry_after=0.0) is None, "one resend per answer"
+    assert ledger.lookups.claim_resend(payout_id, expected_attempts=2, retry_after=0.0) is None, "one resend per answer"
     # Not taken (busy, refused, no answer): back to unknown with its reason, no second unknown event.
-    back = ledger.resend_not_taken(payout_id, code="100000002", description="throttled")
+    back = ledger.lookups.resend_not_taken(payout_id, code="100000002", description="throttled")
     assert back.status is PayoutStatus.UNKNOWN and back.reason == "no_response"
     assert keys(ledger, payout_id) == ["payout.unknown"]
     task = due(ledger)[payout_id]
@@ -194,16 +195,16 @@ def test_not_found_for_an_unknown_payout_makes_a_same_id_resend_due(ledger: Ledg
 
 def test_not_found_for_a_cached_payout_means_never_executed(ledger: Ledger) -> None:
     payout_id = accepted_payout(ledger, code="100000000")
-    ledger.record_result(*status_answer(query(ledger, payout_id, "missing_result"), code="49"))
-    payout = ledger.get(payout_id)
+    ledger.results.record(*status_answer(query(ledger, payout_id, LookupTrigger.MISSING_RESULT), code="49"))
+    payout = ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.UNKNOWN and payout.reason == "queue_timeout"
     assert due(ledger)[payout_id].action is LookupAction.RESEND
 
 
 def test_not_found_for_an_accepted_payout_only_looks_again(ledger: Ledger) -> None:
     payout_id = accepted_payout(ledger, code="0")
-    ledger.record_result(*status_answer(query(ledger, payout_id, "missing_result"), code="49"))
-    payout = ledger.get(payout_id)
+    ledger.results.record(*status_answer(query(ledger, payout_id, LookupTrigger.MISSING_RESULT), code="49"))
+    payout = ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.ACCEPTED
     assert due(ledger)[payout_id].action is LookupAction.QUERY, "M-PESA took it: never resent"
 
@@ -212,34 +213,34 @@ def test_an_answer_about_another_payment_is_not_applied(ledger: Ledger) -> None:
     payout_id = unknown_payout(ledger)
     other = make_command().payout_id
     params = {**completed_params(payout_id), "OriginatorConversationID": ocid(other)}
-    ledger.record_result(*status_answer(query(ledger, payout_id), **params))
-    payout = ledger.get(payout_id)
+    ledger.results.record(*status_answer(query(ledger, payout_id), **params))
+    payout = ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.UNKNOWN
-    state = ledger.lookup_state(payout_id)
+    state = ledger.lookups.lookup_state(payout_id)
     assert state is not None and state.flag_reason == FlagReason.ANSWER_MISMATCH.value
     wrong_amount = unknown_payout(ledger)
     params = completed_params(wrong_amount, amount="15000.00")
-    ledger.record_result(*status_answer(query(ledger, wrong_amount), **params))
-    payout = ledger.get(wrong_amount)
+    ledger.results.record(*status_answer(query(ledger, wrong_amount), **params))
+    payout = ledger.payouts.get(wrong_amount)
     assert payout is not None and payout.status is PayoutStatus.UNKNOWN
 
 
 def test_an_answer_contradicting_a_final_status_changes_nothing(ledger: Ledger) -> None:
     payout_id = unknown_payout(ledger)
     query_id = query(ledger, payout_id)
-    ledger.record_result(*make_result(code="1", originator=ocid(payout_id)))
-    applied = ledger.record_result(*status_answer(query_id, **completed_params(payout_id)))
+    ledger.results.record(*make_result(code="1", originator=ocid(payout_id)))
+    applied = ledger.results.record(*status_answer(query_id, **completed_params(payout_id)))
     assert applied.outcome is ApplyOutcome.STATUS_ANSWER
-    payout = ledger.get(payout_id)
+    payout = ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.FAILED
-    answered = ledger.find_status_query(query_id)
-    assert answered is not None and "contradicts" in (answered.note or "")
+    [answered] = [q for q in ledger.lookups.status_queries(payout_id) if q.query_originator_conversation_id == query_id]
+    assert "contradicts" in (answered.note or "")
 
 
 def test_queue_timeout_is_kept_and_looked_up_at_once(ledger: Ledger) -> None:
     payout_id = accepted_payout(ledger, code="100000000")
     notice = QueueTimeout(originator_conversation_id=ocid(payout_id), conversation_id=None)
-    stored = ledger.record_queue_timeout(b"<raw notice/>", notice)
+    stored = ledger.results.record_queue_timeout(b"<raw notice/>", notice)
     assert stored.changed and stored.payout is not None
     assert stored.payout.status is PayoutStatus.UNKNOWN and stored.payout.reason == "queue_timeout"
     task = due(ledger, unknown_after=3600.0, result_timeout=3600.0)[payout_id]
@@ -247,7 +248,7 @@ def test_queue_timeout_is_kept_and_looked_up_at_once(ledger: Ledger) -> None:
     assert keys(ledger, payout_id) == ["payout.accepted", "payout.unknown"]
     unknown_event = bodies(ledger, payout_id)[-1]
     assert unknown_event["reason"] == "queue_timeout"
-    nobody = ledger.record_queue_timeout(
+    nobody = ledger.results.record_queue_timeout(
         b"<other/>", QueueTimeout(originator_conversation_id="nope", conversation_id=None)
     )
     assert nobody.payout is None and not nobody.changed
@@ -255,7 +256,7 @@ def test_queue_timeout_is_kept_and_looked_up_at_once(ledger: Ledger) -> None:
 
 def test_duplicate_answer_has_the_payout_looked_up_at_once(ledger: Ledger) -> None:
     payout_id = accepted_payout(ledger)
-    applied = ledger.record_result(*make_result(code="15", originator=ocid(payout_id)))
+    applied = ledger.results.record(*make_result(code="15", originator=ocid(payout_id)))
     assert applied.outcome is ApplyOutcome.NOT_FINAL
     task = due(ledger, unknown_after=3600.0, result_timeout=3600.0)[payout_id]
     assert task.trigger is LookupTrigger.DUPLICATE
@@ -264,15 +265,17 @@ def test_duplicate_answer_has_the_payout_looked_up_at_once(ledger: Ledger) -> No
 def test_confirm_success_holds_the_success_until_a_query_confirms_it(ledger: Ledger) -> None:
     payout_id = unknown_payout(ledger)
     raw = result_body(code="0", originator=ocid(payout_id), receipt="SE17ABCDEF")
-    held = ledger.record_result(raw, parse_result_envelope(raw), confirm_success=True)
+    held = ledger.results.record(raw, parse_result_envelope(raw), confirm_success=True)
     assert held.outcome is ApplyOutcome.HELD
-    payout = ledger.get(payout_id)
+    payout = ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.ACCEPTED
     assert "payout.completed" not in keys(ledger, payout_id)
     task = due(ledger, unknown_after=3600.0, result_timeout=3600.0)[payout_id]
     assert task.trigger is LookupTrigger.CONFIRM_SUCCESS
-    ledger.record_result(*status_answer(query(ledger, payout_id, "confirm_success"), **completed_params(payout_id)))
-    payout = ledger.get(payout_id)
+    ledger.results.record(
+        *status_answer(query(ledger, payout_id, LookupTrigger.CONFIRM_SUCCESS), **completed_params(payout_id))
+    )
+    payout = ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.COMPLETED and payout.receipt == "SE17ABCDEF"
     completed = bodies(ledger, payout_id)[-1]
     assert completed["status"] == "completed"
@@ -281,79 +284,82 @@ def test_confirm_success_holds_the_success_until_a_query_confirms_it(ledger: Led
 
 def test_without_confirm_success_a_success_completes_at_once(ledger: Ledger) -> None:
     payout_id = accepted_payout(ledger)
-    applied = ledger.record_result(*make_result(code="0", originator=ocid(payout_id)), confirm_success=False)
+    applied = ledger.results.record(*make_result(code="0", originator=ocid(payout_id)), confirm_success=False)
     assert applied.outcome is ApplyOutcome.APPLIED
     assert keys(ledger, payout_id)[-1] == "payout.completed"
-    assert ledger.status_queries(payout_id) == []
+    assert ledger.lookups.status_queries(payout_id) == []
 
 
 def test_a_held_success_m_pesa_contradicts_is_flagged_not_completed(ledger: Ledger) -> None:
     payout_id = accepted_payout(ledger)
     raw = result_body(code="0", originator=ocid(payout_id), receipt="SE17ABCDEF")
-    ledger.record_result(raw, parse_result_envelope(raw), confirm_success=True)
+    ledger.results.record(raw, parse_result_envelope(raw), confirm_success=True)
     failed = {"TransactionStatus": "Failed", "ResultCode": "1"}
-    ledger.record_result(*status_answer(query(ledger, payout_id, "confirm_success"), **failed))
-    payout = ledger.get(payout_id)
+    ledger.results.record(*status_answer(query(ledger, payout_id, LookupTrigger.CONFIRM_SUCCESS), **failed))
+    payout = ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.ACCEPTED
-    state = ledger.lookup_state(payout_id)
+    state = ledger.lookups.lookup_state(payout_id)
     assert state is not None and state.flag_reason == FlagReason.CONFIRMATION_CONTRADICTED.value
-    assert ledger.count_flagged() == 1
+    assert ledger.lookups.count_flagged() == 1
 
 
 def test_flagged_payouts_rest_until_rearmed(ledger: Ledger) -> None:
     payout_id = unknown_payout(ledger, amount=str(Decimal("250.00")))
-    assert ledger.flag_for_review(payout_id, reason="max_attempts") is True
-    assert ledger.flag_for_review(payout_id, reason="max_attempts") is False
+    assert ledger.lookups.flag_for_review(payout_id, reason=FlagReason.MAX_ATTEMPTS) is True
+    assert ledger.lookups.flag_for_review(payout_id, reason=FlagReason.MAX_ATTEMPTS) is False
     assert payout_id not in due(ledger)
-    assert ledger.count_flagged() == 1
-    assert [state.payout_id for state in ledger.list_flagged()] == [payout_id]
-    payout = ledger.get(payout_id)
+    assert ledger.lookups.count_flagged() == 1
+    assert [state.payout_id for state in ledger.lookups.list_flagged()] == [payout_id]
+    payout = ledger.payouts.get(payout_id)
     assert payout is not None and payout.status is PayoutStatus.UNKNOWN, "a flag never changes the status"
-    state = ledger.rearm_lookup(payout_id)
+    state = ledger.lookups.rearm_lookup(payout_id)
     assert not state.flagged_for_review and state.lookup_attempts == 0
     assert due(ledger)[payout_id].trigger is LookupTrigger.MANUAL
-    assert ledger.count_flagged() == 0
+    assert ledger.lookups.count_flagged() == 0
 
 
 def test_a_final_payout_is_not_counted_as_flagged(ledger: Ledger) -> None:
     payout_id = unknown_payout(ledger)
-    ledger.flag_for_review(payout_id, reason="max_attempts")
-    ledger.record_result(*make_result(code="0", originator=ocid(payout_id)))
-    assert ledger.count_flagged() == 0
+    ledger.lookups.flag_for_review(payout_id, reason=FlagReason.MAX_ATTEMPTS)
+    ledger.results.record(*make_result(code="0", originator=ocid(payout_id)))
+    assert ledger.lookups.count_flagged() == 0
 
 
 @pytest.mark.parametrize("status", ["received", "completed"])
 def test_nothing_to_look_up(ledger: Ledger, status: str) -> None:
     command = make_command()
-    ledger.record(command, ocid(command.payout_id))
+    ledger.payouts.record(command, ocid(command.payout_id))
     if status == "completed":
-        ledger.begin_send(command.payout_id)
-        ledger.record_result(*make_result(code="0", originator=ocid(command.payout_id)))
+        ledger.payouts.claim_send(command.payout_id, expected_attempts=0)
+        ledger.results.record(*make_result(code="0", originator=ocid(command.payout_id)))
     time.sleep(0.01)
     assert command.payout_id not in due(ledger)
-    assert ledger.record_status_query(command.payout_id, trigger="manual", retry_after=0.0) is None
+    assert ledger.lookups.record_status_query(command.payout_id, trigger=LookupTrigger.MANUAL, retry_after=0.0) is None
 
 
 def test_a_lookup_flow_control_held_back_is_not_counted(ledger: Ledger) -> None:
     payout_id = unknown_payout(ledger)
-    held = ledger.record_status_query(payout_id, trigger="unknown", retry_after=0.0)
+    held = ledger.lookups.record_status_query(payout_id, trigger=LookupTrigger.UNKNOWN, retry_after=0.0)
     assert held is not None
-    ledger.note_status_query_response(
-        held.query_originator_conversation_id, outcome="held_back", code=None, description="credential_unproven"
+    ledger.lookups.note_status_query_response(
+        held.query_originator_conversation_id,
+        outcome=QueryResponse.HELD_BACK,
+        code=None,
+        description="credential_unproven",
     )
-    state = ledger.lookup_state(payout_id)
+    state = ledger.lookups.lookup_state(payout_id)
     assert state is not None and state.lookup_attempts == 0 and state.lookup_started_at is None
-    again = ledger.record_status_query(payout_id, trigger="unknown", retry_after=0.0)
+    again = ledger.lookups.record_status_query(payout_id, trigger=LookupTrigger.UNKNOWN, retry_after=0.0)
     assert again is not None and again.attempt == 2, "a query id is never reused, sent or not"
 
 
 def test_a_resend_m_pesa_did_not_process_stays_due(ledger: Ledger) -> None:
     payout_id = unknown_payout(ledger)
-    ledger.record_result(*status_answer(query(ledger, payout_id), code="49"))
-    assert ledger.claim_resend(payout_id, expected_attempts=1, retry_after=0.0) is not None
-    ledger.resend_not_taken(payout_id, code="26", description="busy", not_processed=True)
+    ledger.results.record(*status_answer(query(ledger, payout_id), code="49"))
+    assert ledger.lookups.claim_resend(payout_id, expected_attempts=1, retry_after=0.0) is not None
+    ledger.lookups.resend_not_taken(payout_id, code="26", description="busy", not_processed=True)
     assert due(ledger)[payout_id].action is LookupAction.RESEND
-    assert ledger.claim_resend(payout_id, expected_attempts=2, retry_after=0.0) is not None
-    ledger.resend_not_taken(payout_id, code=None, description="held", not_processed=True, held=True)
+    assert ledger.lookups.claim_resend(payout_id, expected_attempts=2, retry_after=0.0) is not None
+    ledger.lookups.resend_not_taken(payout_id, code=None, description="held", not_processed=True, held=True)
     task = due(ledger)[payout_id]
     assert task.action is LookupAction.RESEND and task.attempts == 2, "the held resend was given back"

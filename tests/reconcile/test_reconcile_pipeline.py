@@ -71,7 +71,7 @@ def test_transport_faults_and_a_lost_result_are_resolved_by_lookup(harness_facto
     for pid in everyone:
         event = final(h, pid)
         assert event is not None and event["status"] == "completed" and event["result"]["receipt"], pid
-        queries = h.stack.worker.ledger.status_queries(pid) if h.stack.worker else []
+        queries = h.stack.worker.ledger.lookups.status_queries(pid) if h.stack.worker else []
         assert [q.verdict for q in queries if q.verdict] == ["completed"], (pid, queries)
         assert queries[0].query_originator_conversation_id == ocid(h, pid) + "_Q1"
     assert paid(h) == {ocid(h, pid): 1 for pid in everyone}, "each paid exactly once"
@@ -97,7 +97,7 @@ def test_cached_request_that_timed_out_is_resent_with_the_same_id(harness_factor
     assert [p["response_code"] for p in sent] == ["100000000", "0"]
     assert paid(h) == {ocid(h, "cached"): 1}
     assert h.stack.worker is not None
-    verdicts = [q.verdict for q in h.stack.worker.ledger.status_queries("cached")]
+    verdicts = [q.verdict for q in h.stack.worker.ledger.lookups.status_queries("cached")]
     assert verdicts[0] == "not_found" and verdicts[-1] == "completed"
     assert (REGISTRY.get_sample_value("mpesa_b2c_queue_timeouts_total") or 0.0) == before + 1
 
@@ -118,8 +118,8 @@ def test_a_lost_request_is_found_missing_and_resent_once(
     assert len(sent) == 1 and sent[0]["originator_conversation_id"] == ocid(h, "lost")
     assert paid(h) == {ocid(h, "lost"): 1}
     assert h.stack.worker is not None
-    assert h.stack.worker.ledger.status_queries("lost")[0].verdict == "not_found"
-    payout = h.stack.worker.ledger.get("lost")
+    assert h.stack.worker.ledger.lookups.status_queries("lost")[0].verdict == "not_found"
+    payout = h.stack.worker.ledger.payouts.get("lost")
     assert payout is not None and payout.send_attempts == 2
 
 
@@ -133,13 +133,13 @@ def test_an_unknown_nobody_can_resolve_is_flagged_and_never_failed(
     h.publish([command("void", "254712000002")])
     worker = h.stack.worker
     assert worker is not None
-    wait_until(lambda: worker.ledger.count_flagged() == 1, 30, "the payout flagged for review")
+    wait_until(lambda: worker.ledger.lookups.count_flagged() == 1, 30, "the payout flagged for review")
 
-    state = worker.ledger.lookup_state("void")
+    state = worker.ledger.lookups.lookup_state("void")
     assert state is not None and state.flag_reason == "max_attempts" and state.lookup_attempts == 3
-    payout = worker.ledger.get("void")
+    payout = worker.ledger.payouts.get("void")
     assert payout is not None and payout.status.value == "unknown", "never failed by a timer"
-    assert len(worker.ledger.status_queries("void")) == 3
+    assert len(worker.ledger.lookups.status_queries("void")) == 3
     assert all(is_status_query(body) for body in proxy.swallowed[1:]) and len(proxy.swallowed) == 4
     wait_until(lambda: REGISTRY.get_sample_value("mpesa_b2c_payouts_flagged_for_review") == 1.0, 5, "the review gauge")
     assert "payout.failed" not in history(h, "void") and history(h, "void") == ["payout.unknown"]
@@ -158,7 +158,7 @@ def test_confirm_success_publishes_completed_only_after_a_status_query(
     h.events.wait_for(lambda e: final(h, "confirmed") is not None, 30, "completion")
     assert history(h, "confirmed") == ["payout.accepted", "payout.completed"]
     assert h.stack.worker is not None
-    queries = h.stack.worker.ledger.status_queries("confirmed")
+    queries = h.stack.worker.ledger.lookups.status_queries("confirmed")
     assert [q.trigger for q in queries] == ["confirm_success"] and queries[0].verdict == "completed"
     completed = final(h, "confirmed")
     assert completed is not None and completed["result"]["balances"]["utility"] is not None

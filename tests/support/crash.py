@@ -249,7 +249,7 @@ class CrashRig:
     def statuses(self, ids: list[str]) -> dict[str, str]:
         found = {}
         for payout_id in ids:
-            payout = self.ledger.get(payout_id)
+            payout = self.ledger.payouts.get(payout_id)
             found[payout_id] = payout.status.value if payout else "absent"
         return found
 

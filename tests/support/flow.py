@@ -15,7 +15,8 @@ from tests.support.pipeline import Harness
 from worker.amqp.connection import connect
 from worker.amqp.topology import delay_queue_name, queue_depth
 from worker.errors import TopologyError
-from worker.ledger.flow_state import BreakerRow, FlowStore
+from worker.ledger import open_ledger
+from worker.ledger.flow_state import BreakerRow
 from worker.settings import Settings
 
 FAST = {
@@ -43,11 +44,11 @@ def queued(settings: Settings) -> int:
 
 
 def breaker(settings: Settings) -> BreakerRow:
-    store = FlowStore.open(settings.ledger)
+    ledger = open_ledger(settings.ledger)
     try:
-        return store.breaker(settings.mpesa.shortcode)
+        return ledger.flow.breaker(settings.mpesa.shortcode)
     finally:
-        store.close()
+        ledger.close()
 
 
 class Sim:

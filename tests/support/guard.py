@@ -59,7 +59,7 @@ def snapshot(ledger: Ledger) -> dict[str, tuple[Any, ...]]:
     """Every payout's observable state, to compare before/after."""
     return {
         p.payout_id: (p.status, p.updated_at, p.receipt, p.result_code, p.conversation_id, p.send_attempts)
-        for p in ledger.list_payouts(limit=10_000)
+        for p in ledger.payouts.list_payouts(limit=10_000)
     }
 
 

@@ -96,7 +96,7 @@ def make_result(**kwargs: Any) -> tuple[bytes, Result]:
 def events(ledger: Ledger, payout_id: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """The pending outbox as (routing key, event), each event checked against the published schema."""
     found = []
-    for row in ledger.outbox_pending(limit=1000, payout_id=payout_id):
+    for row in ledger.outbox.pending(limit=1000, payout_id=payout_id):
         event = json.loads(row.body)
         errors = sorted(str(error.message) for error in _EVENT_VALIDATOR.iter_errors(event))
         assert not errors, (event, errors)

@@ -15,12 +15,14 @@ import socket
 from typing import Any
 
 from worker.flow.breaker import describe
-from worker.ledger.flow_state import BreakerReason, FlowStore
+from worker.ledger import open_ledger
+from worker.ledger.flow_state import BreakerReason
 from worker.settings import Settings
 
 
 def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
-    store = FlowStore.open(settings.ledger)
+    ledger = open_ledger(settings.ledger)
+    store = ledger.flow
     try:
         key = settings.mpesa.shortcode
         if args.action == "close":
@@ -34,7 +36,7 @@ def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"circuit breaker of shortcode {key} was not open{why}")
         print(json.dumps({"shortcode": key, **describe(store.breaker(key))}, indent=2))
     finally:
-        store.close()
+        ledger.close()
     return 0
 
 

@@ -423,7 +423,7 @@ def _ledger(settings: Settings) -> Iterator[Ledger]:
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     if args.quarantine:
         with _ledger(settings) as ledger:
-            entries = ledger.list_quarantined(include_resolved=args.resolved, limit=args.limit)
+            entries = ledger.quarantine.entries(include_resolved=args.resolved, limit=args.limit)
         rows = [quarantine_summary(e) for e in entries]
         _emit(
             args,
@@ -450,7 +450,7 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     number = quarantine_id(args.id)
     if number is not None:
         with _ledger(settings) as ledger:
-            entry = ledger.get_quarantined(number)
+            entry = ledger.quarantine.get(number)
         if entry is None:
             raise DeadError(f"no quarantined result {args.id}")
         value = quarantine_details(entry, raw=args.raw)
@@ -517,8 +517,8 @@ def cmd_drop(settings: Settings, args: argparse.Namespace) -> int:
             raise DeadError("give either dead-letter ids or q:IDs, not both")
         with _ledger(settings) as ledger:
             if args.all:
-                numbers = [e.id for e in ledger.list_quarantined(limit=args.limit)]
-            dropped = [quarantine_summary(ledger.drop_quarantined(n, note=args.note)) for n in numbers]
+                numbers = [e.id for e in ledger.quarantine.entries(limit=args.limit)]
+            dropped = [quarantine_summary(ledger.quarantine.drop(n, note=args.note)) for n in numbers]
 
         def human() -> None:
             for row in dropped:
@@ -542,13 +542,15 @@ def cmd_release(settings: Settings, args: argparse.Namespace) -> int:
             "first (portal or status query), then add --yes"
         )
     with _ledger(settings) as ledger:
-        applied = ledger.release_quarantined(number, note=args.note)
+        applied = ledger.results.release_quarantined(number, note=args.note)
         payout = applied.payout
         published = True
         if payout is not None:
             url = settings.amqp.url
             relay = OutboxRelay(
-                ledger, lambda: ConfirmedPublisher(url, name="mpesa-b2c-dead"), settings.amqp.events_exchange
+                ledger.outbox,
+                lambda: ConfirmedPublisher(url, name="mpesa-b2c-dead"),
+                settings.amqp.events_exchange,
             )
             try:
                 published = relay.try_flush(payout.payout_id)

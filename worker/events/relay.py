@@ -15,7 +15,8 @@ from typing import Protocol
 from worker import metrics
 from worker.amqp.publisher import ConfirmedPublisher
 from worker.errors import B2CError
-from worker.ledger import Ledger, OutboxEvent
+from worker.ledger import OutboxEvent
+from worker.ledger.outbox import EventOutbox
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ class Publisher(Protocol):
 class OutboxRelay:
     """Publishes pending outbox rows; ``publisher_factory`` is called lazily so a process starts without a broker."""
 
-    def __init__(self, ledger: Ledger, publisher_factory: Callable[[], Publisher], exchange: str) -> None:
-        self._ledger = ledger
+    def __init__(self, outbox: EventOutbox, publisher_factory: Callable[[], Publisher], exchange: str) -> None:
+        self._outbox = outbox
         self._factory = publisher_factory
         self._exchange = exchange
         self._publisher: Publisher | None = None
@@ -57,12 +58,12 @@ class OutboxRelay:
 
         Rows are leased first, so a worker and a receiver flushing the same payout do not both publish them.
         """
-        return self._publish(self._ledger.claim_outbox(limit, lease_seconds=LEASE_SECONDS, payout_id=payout_id))
+        return self._publish(self._outbox.claim(limit, lease_seconds=LEASE_SECONDS, payout_id=payout_id))
 
     def flush_older(self, older_than_seconds: float = 2.0, *, limit: int = 500) -> int:
         """Publish what request paths left behind; leased rows keep two relays from racing each other."""
         return self._publish(
-            self._ledger.claim_outbox(limit, older_than_seconds=older_than_seconds, lease_seconds=LEASE_SECONDS)
+            self._outbox.claim(limit, older_than_seconds=older_than_seconds, lease_seconds=LEASE_SECONDS)
         )
 
     def _publish(self, events: list[OutboxEvent]) -> int:
@@ -73,12 +74,12 @@ class OutboxRelay:
             publisher = self._get_publisher()
             for event in events:
                 publisher.publish(self._exchange, event.routing_key, event.body, message_id=event.event_id or None)
-                self._ledger.mark_published([event.id])
+                self._outbox.mark_published([event.id])
                 metrics.EVENTS_PUBLISHED.labels(routing_key=event.routing_key).inc()
                 done += 1
         except B2CError:
             # Unpublished rows go back at once so the next flush keeps their order, not after the lease.
-            self._ledger.release_outbox([event.id for event in events[done:]])
+            self._outbox.release([event.id for event in events[done:]])
             raise
         return done
 
@@ -112,6 +113,6 @@ class OutboxRelay:
         self._reset()
 
 
-def relay_for(settings: Settings, ledger: Ledger) -> OutboxRelay:
+def relay_for(settings: Settings, outbox: EventOutbox) -> OutboxRelay:
     url = settings.amqp.url
-    return OutboxRelay(ledger, lambda: ConfirmedPublisher(url, name="mpesa-b2c-events"), settings.amqp.events_exchange)
+    return OutboxRelay(outbox, lambda: ConfirmedPublisher(url, name="mpesa-b2c-events"), settings.amqp.events_exchange)

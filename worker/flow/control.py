@@ -93,7 +93,6 @@ class FlowControl:
 
     def close(self) -> None:
         self.stop.set()
-        self._store.close()
 
     # ------------------------------------------------------------------ the gateway's AttemptObserver
 

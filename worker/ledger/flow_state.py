@@ -20,11 +20,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from worker.ledger.engine import Database, Engine, Row, Session
-from worker.ledger.postgres import PostgresEngine
-from worker.ledger.schema import migrate
-from worker.ledger.sqlite import SqliteEngine
-from worker.settings import LedgerSettings
+from worker.ledger.engine import Row, Session
+from worker.ledger.model import Disposition
+from worker.ledger.transaction import Transactions
 
 
 class BreakerState(StrEnum):
@@ -54,15 +52,16 @@ def already_open_for(row: BreakerRow, reason: BreakerReason) -> bool:
 
 # Results that matched nothing, or not what was sent, prove nothing about the account (a forged callback):
 # those dispositions are left out.
+_UNTRUSTED = ", ".join(f"'{d}'" for d in (Disposition.UNMATCHED, Disposition.QUARANTINED, Disposition.ERROR))
 _RESULTS_AFTER = (
-    "SELECT r.id AS id, r.originator_conversation_id AS ocid, r.result_code AS code,"
+    "SELECT r.id AS id, r.originator_conversation_id AS ocid, r.result_code AS code,"  # noqa: S608 - enum values
     " r.received_at AS received_at, p.accepted_at AS accepted_at"
     " FROM results r LEFT JOIN payouts p ON p.originator_conversation_id = r.originator_conversation_id"
-    " WHERE r.id > ? AND r.disposition NOT IN ('unmatched', 'quarantined', 'error') ORDER BY r.id LIMIT ?"
+    f" WHERE r.id > ? AND r.disposition NOT IN ({_UNTRUSTED}) ORDER BY r.id LIMIT ?"
 )
 _LATEST_RESULT = (
-    "SELECT id, originator_conversation_id AS ocid, result_code AS code, received_at FROM results"
-    " WHERE originator_conversation_id = ? AND disposition NOT IN ('unmatched', 'quarantined', 'error')"
+    "SELECT id, originator_conversation_id AS ocid, result_code AS code, received_at FROM results"  # noqa: S608
+    f" WHERE originator_conversation_id = ? AND disposition NOT IN ({_UNTRUSTED})"
     " ORDER BY id DESC LIMIT 1"
 )
 _DETAIL_LENGTH = 500
@@ -118,33 +117,12 @@ class Reservation:
     rate: float
 
 
-def engine_for(settings: LedgerSettings) -> Engine[Any]:
-    if settings.database_url:
-        return PostgresEngine(settings.database_url)
-    return SqliteEngine(settings.sqlite_path)
-
-
 class FlowStore:
-    """The two flow-control tables, with their own small connection pool on the ledger's database."""
+    """The two flow-control tables, on the ledger's own pool (``ledger.flow``; the ledger closes it)."""
 
-    def __init__(self, db: Database[Any]) -> None:
-        self._db = db
-        self._postgres = db.engine.name == "postgresql"
-
-    @classmethod
-    def open(cls, settings: LedgerSettings) -> FlowStore:
-        """Connect and make sure the schema (ledger migrations included) is current."""
-        db: Database[Any] = Database(engine_for(settings), max_idle=8)
-        try:
-            with db.transaction() as session:
-                migrate(session)
-        except BaseException:
-            db.close()
-            raise
-        return cls(db)
-
-    def close(self) -> None:
-        self._db.close()
+    def __init__(self, tx: Transactions) -> None:
+        self._db = tx.db
+        self._postgres = tx.engine.name == "postgresql"
 
     def clock(self) -> float:
         """Now, in seconds since the epoch, on the clock every replica shares."""

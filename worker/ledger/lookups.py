@@ -5,7 +5,7 @@ M-PESA let expire; a duplicate answer; a success held for confirmation) is *look
 ``TransactionStatusQuery`` under a new id of its own, or, once M-PESA says it has no such payment, a resend
 under the payout's **same** OriginatorConversationID. The ledger keeps the bookkeeping (attempts, when the
 next lookup is due, whether a resend is due, the review flag) and every query it was asked to send, before
-it is sent. Types only; the SQL is in :mod:`worker.ledger.lookup_store`.
+it is sent. Types only; the SQL is in :mod:`worker.ledger.lookup_store` and :mod:`worker.ledger.result_store`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,18 @@ class LookupTrigger(StrEnum):
 class LookupAction(StrEnum):
     QUERY = "query"
     RESEND = "resend"
+
+
+class QueryResponse(StrEnum):
+    """The gateway's synchronous answer to a status query, as kept on its row."""
+
+    ACCEPTED = "accepted"
+    RETRY_LATER = "retry_later"
+    REJECTED = "rejected"
+    UNKNOWN = "unknown"
+    NOT_SENT = "not_sent"
+    # Flow control kept it back: nothing was sent, so the attempt is given back to the payout.
+    HELD_BACK = "held_back"
 
 
 class FlagReason(StrEnum):

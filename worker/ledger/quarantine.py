@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.errors import LedgerError
-from worker.ledger.engine import Database, Row, Session
+from worker.ledger.engine import Row, Session
 from worker.ledger.model import QuarantinedResult, QuarantineState
+from worker.ledger.transaction import Transactions
 from worker.protocol.result import Result
 
 _DETAIL_LENGTH = 1000
@@ -91,15 +92,18 @@ def resolve(session: Session[Any], now: datetime, quarantine_id: int, state: Qua
     )
 
 
-class QuarantineQueries:
-    """The read and drop side of the quarantine, mixed into :class:`~worker.ledger.store.SqlLedger`."""
+class QuarantineStore:
+    """The read and drop side of the quarantine (``mpesa-b2c dead``); releasing applies a result, so it is
+    :meth:`worker.ledger.result_store.ResultStore.release_quarantined`."""
 
-    _db: Database[Any]
+    def __init__(self, tx: Transactions) -> None:
+        self._tx = tx
 
-    def list_quarantined(self, *, include_resolved: bool = False, limit: int = 100) -> list[QuarantinedResult]:
+    def entries(self, *, include_resolved: bool = False, limit: int = 100) -> list[QuarantinedResult]:
+        """Quarantined results, oldest first; only those still ``held`` unless ``include_resolved``."""
         where = "" if include_resolved else " WHERE state = ?"
         params: list[Any] = [] if include_resolved else [str(QuarantineState.HELD)]
-        with self._db.transaction(write=False) as session:
+        with self._tx.read() as session:
             rows = session.all(
                 f"SELECT {_COLUMNS} FROM quarantine{where} ORDER BY id LIMIT ?",  # noqa: S608
                 *params,
@@ -107,15 +111,16 @@ class QuarantineQueries:
             )
             return [load(session, row) for row in rows]
 
-    def get_quarantined(self, quarantine_id: int) -> QuarantinedResult | None:
-        with self._db.transaction(write=False) as session:
+    def get(self, quarantine_id: int) -> QuarantinedResult | None:
+        with self._tx.read() as session:
             row = session.one(f"SELECT {_COLUMNS} FROM quarantine WHERE id = ?", int(quarantine_id))  # noqa: S608
             return None if row is None else load(session, row)
 
-    def drop_quarantined(self, quarantine_id: int, *, note: str) -> QuarantinedResult:
-        with self._db.transaction() as session:
-            lock_held(session, quarantine_id)
-            resolve(session, datetime.now(UTC), quarantine_id, QuarantineState.DROPPED, note)
-            row = session.one(f"SELECT {_COLUMNS} FROM quarantine WHERE id = ?", int(quarantine_id))  # noqa: S608
+    def drop(self, quarantine_id: int, *, note: str) -> QuarantinedResult:
+        """Mark a held entry ``dropped`` (reviewed, not applied; its body is kept). LedgerError if not held."""
+        with self._tx.write() as work:
+            lock_held(work.session, quarantine_id)
+            resolve(work.session, datetime.now(UTC), quarantine_id, QuarantineState.DROPPED, note)
+            row = work.session.one(f"SELECT {_COLUMNS} FROM quarantine WHERE id = ?", int(quarantine_id))  # noqa: S608
             assert row is not None
-            return load(session, row)
+            return load(work.session, row)

@@ -3,12 +3,13 @@
 ``BEGIN IMMEDIATE`` takes the write lock when a write transaction starts rather than at its first write,
 so two threads can never both read a payout's status and then both change it; the busy timeout makes
 the second one wait instead of failing. WAL lets readers run beside the one writer, and
-``synchronous=FULL`` makes a commit durable before ``begin_send`` returns and the payment is sent.
+``synchronous=FULL`` makes a commit durable before ``claim_send`` returns and the payment is sent.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from worker.ledger.engine import Engine, Row, Session
 
 BUSY_TIMEOUT_SECONDS = 30.0
+_WAL_RETRY_SECONDS = 0.01
 
 
 class SqliteEngine(Engine[sqlite3.Connection]):
@@ -37,10 +39,34 @@ class SqliteEngine(Engine[sqlite3.Connection]):
 
     def connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            self._use_wal(conn)
+            conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch a new file to WAL, waiting out other first openers as long as the busy timeout allows.
+
+        Changing the journal mode does not go through the busy handler: a concurrent opener's lock makes it
+        fail at once with "database is locked", so it is retried here. Once the file is WAL (it stays so),
+        nothing is switched and nothing can be locked.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() == "wal":
+                return
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(_WAL_RETRY_SECONDS)
 
     def execute(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> tuple[list[Row], int]:
         cursor = conn.execute(sql, tuple(params))

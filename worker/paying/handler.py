@@ -25,7 +25,9 @@ from worker.errors import B2CError, InvalidCommand, ProtocolError
 from worker.flow.control import FlowControl
 from worker.flow.deferral import Deferrer, GiveUp, Hold
 from worker.gateway.g2 import AttemptReason, GatewayAnswer
-from worker.ledger import Ledger, RecordOutcome
+from worker.ledger import RecordOutcome
+from worker.ledger.lookup_store import Resends
+from worker.ledger.payout_store import Payments
 from worker.payouts.models import (
     Payout,
     PayoutStatus,
@@ -78,7 +80,8 @@ class PayoutProcessor:
     def __init__(
         self,
         settings: Settings,
-        ledger: Ledger,
+        payouts: Payments,
+        resends: Resends,
         gateway: PaymentGateway,
         relay: EventRelay,
         *,
@@ -90,7 +93,8 @@ class PayoutProcessor:
         self._flow = flow
         self._deferrer = deferrer
         self._delivery_limit = settings.amqp.delivery_limit
-        self._ledger = ledger
+        self._payouts = payouts
+        self._resends = resends
         self._gateway = gateway
         self._relay = relay
         self.send_lease_seconds = send_lease_seconds(self._mpesa, flow.max_wait_seconds if flow is not None else 0.0)
@@ -103,7 +107,7 @@ class PayoutProcessor:
             return self._reject_invalid(delivery, exc)
 
         originator = originator_conversation_id(self._mpesa.shortcode, self._mpesa.org_name, command.payout_id)
-        recorded = self._ledger.record(command, originator, announce_duplicate=False)
+        recorded = self._payouts.record(command, originator)
         payout = recorded.payout
         if recorded.outcome is RecordOutcome.CONFLICT:
             metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.IDEMPOTENCY_CONFLICT.value).inc()
@@ -117,12 +121,12 @@ class PayoutProcessor:
         if not claim.claimed:
             # Already sent or final, or a concurrent delivery took it between record and claim (it owns the send).
             metrics.COMMANDS_DUPLICATE.inc()
-            self._ledger.note_duplicate(payout.payout_id)
+            self._payouts.note_duplicate(payout.payout_id)
             return self._publish_then_ack(payout.payout_id)
         return self._send(claim.payout, delivery, resend=claim.resend)
 
     def _claim(self, payout: Payout) -> _Claim:
-        after = self._ledger.claim_send(payout.payout_id, expected_attempts=payout.send_attempts)
+        after = self._payouts.claim_send(payout.payout_id, expected_attempts=payout.send_attempts)
         return _Claim(payout, claimed=False) if after is None else _Claim(after, claimed=True)
 
     def _resume(self, payout: Payout, delivery: Delivery) -> _Claim:
@@ -147,7 +151,7 @@ class PayoutProcessor:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-            fresh = self._ledger.get(current.payout_id)
+            fresh = self._payouts.get(current.payout_id)
             if fresh is None:
                 break
             current = fresh
@@ -182,7 +186,7 @@ class PayoutProcessor:
                 return self._resend_not_taken(payout, None, None, f"the resend could not be built: {exc}")
             # The request could not even be built, so nothing was sent: a command M-PESA cannot take.
             metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.INVALID_COMMAND.value).inc()
-            self._ledger.mark_rejected(
+            self._payouts.mark_rejected(
                 payout.payout_id,
                 reason=RejectionReason.INVALID_COMMAND.value,
                 code=None,
@@ -197,7 +201,7 @@ class PayoutProcessor:
             return self._resend_not_taken(payout, answer, code, description)
         if answer.outcome is ResponseOutcome.ACCEPTED:
             assert response is not None
-            self._ledger.mark_accepted(
+            self._payouts.mark_accepted(
                 payout.payout_id,
                 conversation_id=response.conversation_id,
                 code=response.code,
@@ -206,7 +210,7 @@ class PayoutProcessor:
         elif answer.outcome is ResponseOutcome.REJECTED:
             assert response is not None
             metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.MPESA_REJECTED.value).inc()
-            self._ledger.mark_rejected(
+            self._payouts.mark_rejected(
                 payout.payout_id,
                 reason=RejectionReason.MPESA_REJECTED.value,
                 code=response.code,
@@ -221,7 +225,7 @@ class PayoutProcessor:
                 payout.payout_id,
                 answer.detail,
             )
-            self._ledger.mark_unknown(payout.payout_id, reason=reason.value, code=code, description=description)
+            self._payouts.mark_unknown(payout.payout_id, reason=reason.value, code=code, description=description)
         else:
             return self._not_processed(payout, delivery, answer, code, description)
         return self._publish_then_ack(payout.payout_id)
@@ -241,7 +245,7 @@ class PayoutProcessor:
             code or description,
         )
         retry_later = answer is not None and answer.outcome is ResponseOutcome.RETRY_LATER
-        self._ledger.resend_not_taken(
+        self._resends.resend_not_taken(
             payout.payout_id,
             code=code,
             description=description,
@@ -261,18 +265,18 @@ class PayoutProcessor:
         if self._deferrer is not None:
             plan = self._deferrer.plan(delivery, answer)
             if not isinstance(plan, GiveUp):
-                self._ledger.mark_not_sent(payout.payout_id, code=code, description=description)
+                self._payouts.mark_not_sent(payout.payout_id, code=code, description=description)
                 log.info("payout %s: not processed (%s); %s", payout.payout_id, code or answer.reason, plan)
                 return self._deferrer.carry_out(delivery, plan)
             message = plan.message
         elif delivery.delivery_count < self._delivery_limit:  # quorum queues allow limit + 1 deliveries
-            self._ledger.mark_not_sent(payout.payout_id, code=code, description=description)
+            self._payouts.mark_not_sent(payout.payout_id, code=code, description=description)
             log.info("payout %s: not processed by M-PESA (%s); requeued", payout.payout_id, code or description)
             return Requeue()
         else:
             message = f"M-PESA did not process the request on {self._delivery_limit} deliveries; nothing was paid"
         metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.DELIVERY_LIMIT.value).inc()
-        self._ledger.mark_rejected(
+        self._payouts.mark_rejected(
             payout.payout_id,
             reason=RejectionReason.DELIVERY_LIMIT.value,
             code=code,
@@ -285,7 +289,7 @@ class PayoutProcessor:
         metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.INVALID_COMMAND.value).inc()
         payout_id = extract_payout_id(delivery.body)
         log.info("invalid command (payout_id %s): %s", payout_id or "unknown", exc)
-        self._ledger.record_invalid(
+        self._payouts.record_invalid(
             delivery.body, payout_id=payout_id, reason=RejectionReason.INVALID_COMMAND.value, message=str(exc)
         )
         try:

@@ -1,7 +1,7 @@
 """Lookups: every payout whose fate is in doubt is looked up until M-PESA says what became of it; never guessed.
 
 Run by the worker process on a background thread (``WorkerService``), it takes the payouts the ledger says
-are due for a lookup (:meth:`~worker.ledger.Ledger.due_for_lookup`) and for each one either
+are due for a lookup (:meth:`~worker.ledger.lookup_store.LookupStore.due_for_lookup`) and for each one either
 
 - sends a ``TransactionStatusQuery`` under a **new** id of the query's own (``<payout id>_Q<n>``), recorded
   in the ledger before it is sent; the answer comes back through the callback receiver, which applies it
@@ -29,8 +29,9 @@ from typing import Protocol
 from worker import metrics
 from worker.errors import B2CError
 from worker.gateway.g2 import NOT_SENT_REASONS, GatewayAnswer
-from worker.ledger import FlagReason, Ledger, LookupAction, LookupTask
-from worker.ledger.lookup_store import HELD_BACK
+from worker.ledger import FlagReason, LookupAction, LookupTask, QueryResponse
+from worker.ledger.lookup_store import LookupQueue
+from worker.ledger.payout_store import Acceptance
 from worker.paying.handler import EventRelay, PaymentGateway
 from worker.paying.handler import send_lease_seconds as send_lease
 from worker.protocol.codes import ResponseOutcome
@@ -77,7 +78,8 @@ class LookupRunner:
     def __init__(
         self,
         settings: Settings,
-        ledger: Ledger,
+        lookups: LookupQueue,
+        payouts: Acceptance,
         gateway: LookupGateway,
         relay: EventRelay,
         *,
@@ -85,7 +87,8 @@ class LookupRunner:
         send_lease_seconds: float | None = None,
     ) -> None:
         self._settings = settings.lookup
-        self._ledger = ledger
+        self._lookups = lookups
+        self._payouts = payouts
         self._gateway = gateway
         self._relay = relay
         self._clock = clock
@@ -107,7 +110,7 @@ class LookupRunner:
     def run_once(self) -> Pass:
         """Claim the payouts due for a lookup and look each one up (or flag it); update the review gauge."""
         lookup = self._settings
-        tasks = self._ledger.due_for_lookup(
+        tasks = self._lookups.due_for_lookup(
             unknown_after=lookup.unknown_after,
             result_timeout=lookup.result_timeout,
             stuck_after=self.stuck_after,
@@ -128,7 +131,7 @@ class LookupRunner:
                 # the rest of the batch waits for its lease to run out instead of each waiting at the gate.
                 log.info("lookups held back by flow control; %d claimed payout(s) wait for the next pass", len(tasks))
                 break
-        metrics.PAYOUTS_FLAGGED.set(self._ledger.count_flagged())
+        metrics.PAYOUTS_FLAGGED.set(self._lookups.count_flagged())
         return Pass(**counts)
 
     def _handle(self, task: LookupTask) -> str:
@@ -149,7 +152,7 @@ class LookupRunner:
 
     def _flag(self, task: LookupTask, reason: FlagReason) -> str:
         payout = task.payout
-        if self._ledger.flag_for_review(payout.payout_id, reason=reason.value):
+        if self._lookups.flag_for_review(payout.payout_id, reason=reason):
             log.warning(
                 "payout %s still %s after %d lookup(s) (%s); flagged for review. It is NOT failed: check it"
                 " with M-PESA (OriginatorConversationID %s) before doing anything with it",
@@ -163,8 +166,8 @@ class LookupRunner:
 
     def _query(self, task: LookupTask) -> str:
         payout = task.payout
-        query = self._ledger.record_status_query(
-            payout.payout_id, trigger=task.trigger.value, retry_after=self._settings.interval
+        query = self._lookups.record_status_query(
+            payout.payout_id, trigger=task.trigger, retry_after=self._settings.interval
         )
         if query is None:
             return "skipped"
@@ -177,23 +180,25 @@ class LookupRunner:
                 remark=QUERY_REMARK,
             )
         except B2CError as exc:
-            self._ledger.note_status_query_response(qid, outcome="not_sent", code=None, description=str(exc))
-            metrics.STATUS_QUERIES.labels(outcome="not_sent").inc()
+            self._lookups.note_status_query_response(
+                qid, outcome=QueryResponse.NOT_SENT, code=None, description=str(exc)
+            )
+            metrics.STATUS_QUERIES.labels(outcome=QueryResponse.NOT_SENT.value).inc()
             raise
         if answer.held:
-            outcome = HELD_BACK
+            outcome = QueryResponse.HELD_BACK
         elif answer.reason in NOT_SENT_REASONS:
-            outcome = "not_sent"
+            outcome = QueryResponse.NOT_SENT
         else:
-            outcome = answer.outcome.value
+            outcome = QueryResponse(answer.outcome.value)
         response = answer.response
-        self._ledger.note_status_query_response(
+        self._lookups.note_status_query_response(
             qid,
             outcome=outcome,
             code=response.code if response else None,
             description=response.description if response else answer.detail,
         )
-        metrics.STATUS_QUERIES.labels(outcome=outcome).inc()
+        metrics.STATUS_QUERIES.labels(outcome=outcome.value).inc()
         log.info(
             "payout %s (%s, %s): status query %s sent, attempt %d: %s",
             payout.payout_id,
@@ -206,7 +211,7 @@ class LookupRunner:
         return "held" if answer.held else "queried"
 
     def _resend(self, task: LookupTask) -> str:
-        payout = self._ledger.claim_resend(
+        payout = self._lookups.claim_resend(
             task.payout.payout_id, expected_attempts=task.payout.send_attempts, retry_after=self._settings.interval
         )
         if payout is None:
@@ -232,11 +237,11 @@ class LookupRunner:
                 reference={"Occasion": command.occasion} if command.occasion else {},
             )
         except B2CError as exc:
-            self._ledger.resend_not_taken(payout.payout_id, code=None, description=f"resend not sent: {exc}")
+            self._lookups.resend_not_taken(payout.payout_id, code=None, description=f"resend not sent: {exc}")
             raise
         response = answer.response
         if answer.outcome is ResponseOutcome.ACCEPTED and response is not None:
-            self._ledger.mark_accepted(
+            self._payouts.mark_accepted(
                 payout.payout_id,
                 conversation_id=response.conversation_id,
                 code=response.code,
@@ -245,7 +250,7 @@ class LookupRunner:
         else:
             # Not processed, refused or no answer: the first send's fate is as unknown as before. Only when
             # M-PESA certainly did not process the resend (busy, throttled, held back) is it still due.
-            self._ledger.resend_not_taken(
+            self._lookups.resend_not_taken(
                 payout.payout_id,
                 code=response.code if response else None,
                 description=response.description if response else answer.detail,

@@ -29,7 +29,6 @@ from worker.gateway import callback_urls
 from worker.gateway.g2 import Gateway
 from worker.httpserver import RunningServer, start_server
 from worker.ledger import open_ledger
-from worker.ledger.flow_state import FlowStore
 from worker.ledger.gauges import GAUGE_INTERVAL, update_ledger_gauges
 from worker.paying.handler import PayoutProcessor
 from worker.paying.lookups import LookupRunner
@@ -50,10 +49,10 @@ class WorkerService:
         self.ledger = open_ledger(settings.ledger)
         # What M-PESA calls back on: the configured URLs plus the secret token (worker.gateway.callback_urls).
         self.gateway = Gateway(callback_urls.gateway_mpesa(settings))
-        self.relay = relay_for(settings, self.ledger)
+        self.relay = relay_for(settings, self.ledger.outbox)
         # Circuit breaker + rate limit on every gateway request (worker.flow.control), shared with the other replicas
         # through the ledger's database; "not processed" commands wait in delay queues (worker.flow.deferral).
-        self.flow = FlowControl(settings, FlowStore.open(settings.ledger), on_hold=self._pause)
+        self.flow = FlowControl(settings, self.ledger.flow, on_hold=self._pause)
         self.gateway.observer = self.flow
         self.deferrer = Deferrer(
             settings.amqp,
@@ -61,10 +60,21 @@ class WorkerService:
             lambda: ConfirmedPublisher(settings.amqp.url, name="mpesa-b2c-deferrals"),
         )
         self.processor = PayoutProcessor(
-            settings, self.ledger, self.gateway, self.relay, flow=self.flow, deferrer=self.deferrer
+            settings,
+            self.ledger.payouts,
+            self.ledger.lookups,
+            self.gateway,
+            self.relay,
+            flow=self.flow,
+            deferrer=self.deferrer,
         )
         self.lookups = LookupRunner(
-            settings, self.ledger, self.gateway, self.relay, send_lease_seconds=self.processor.send_lease_seconds
+            settings,
+            self.ledger.lookups,
+            self.ledger.payouts,
+            self.gateway,
+            self.relay,
+            send_lease_seconds=self.processor.send_lease_seconds,
         )
         self.consumer = ThreadedConsumer(
             settings.amqp.url,
@@ -93,7 +103,9 @@ class WorkerService:
     def run(self) -> None:
         """Block until stopped (SIGTERM handlers call ``stop``); raises BrokerUnavailable if RabbitMQ is down."""
         self._background.every(self.settings.outbox_interval, self.relay.try_flush_older, "outbox-relay")
-        self._background.every(GAUGE_INTERVAL, lambda: update_ledger_gauges(self.ledger), "ledger-gauges")
+        self._background.every(
+            GAUGE_INTERVAL, lambda: update_ledger_gauges(self.ledger.payouts, self.ledger.outbox), "ledger-gauges"
+        )
         self._background.every(GAUGE_INTERVAL, self._queue_gauge, "queue-gauge")
         self._background.every(self.lookups.tick_seconds, self.lookups.tick, "lookups")
         self._follow_flow()  # an open breaker (another replica's, or from before a restart) holds from the start

@@ -18,7 +18,9 @@ from prometheus_client import make_wsgi_app
 from worker import metrics
 from worker.errors import B2CError, LedgerError, ProtocolError
 from worker.events.relay import OutboxRelay
-from worker.ledger import ApplyOutcome, Ledger, ResultApplied
+from worker.ledger import ApplyOutcome, ResultApplied
+from worker.ledger.outbox import OutboxBacklog
+from worker.ledger.result_store import ResultIntake
 from worker.protocol.codes import RESULT_CODES
 from worker.protocol.response import build_response_envelope
 from worker.protocol.result import Result, build_queue_timeout_response, parse_queue_timeout, parse_result_envelope
@@ -43,7 +45,7 @@ class CallbackReceiver:
     request elsewhere, or from outside the allowed networks, is refused before its body is read.
     """
 
-    def __init__(self, settings: Settings, ledger: Ledger, relay: OutboxRelay) -> None:
+    def __init__(self, settings: Settings, results: ResultIntake, outbox: OutboxBacklog, relay: OutboxRelay) -> None:
         self._guard = ReceiverGuard(settings)
         self.result_path = self._guard.result_path
         self.queue_timeout_path = self._guard.queue_timeout_path
@@ -51,7 +53,8 @@ class CallbackReceiver:
         self.queue_timeout_base_path = self._guard.queue_timeout_base
         self._max_body = settings.receiver.max_body_bytes
         self._confirm_success = settings.lookup.confirm_success
-        self._ledger = ledger
+        self._results = results
+        self._outbox = outbox
         self._relay = relay
         self._metrics_app = make_wsgi_app()
 
@@ -89,7 +92,7 @@ class CallbackReceiver:
             log.warning("refused a result body of %d bytes: %s", len(raw), exc)
             return _plain(start_response, "400 Bad Request", "not a GenericAPIResult\n")
         try:
-            applied = self._ledger.record_result(raw, result, confirm_success=self._confirm_success)
+            applied = self._results.record(raw, result, confirm_success=self._confirm_success)
         except LedgerError:
             log.exception("could not store the result for %s; answering an error", result.originator_conversation_id)
             return _xml(start_response, "500 Internal Server Error", _INTERNAL_ERROR)
@@ -154,8 +157,8 @@ class CallbackReceiver:
             notice.originator_conversation_id,
         )
         try:
-            # Kept with its body; its payout is looked up right away (worker.ledger.lookup_store).
-            stored = self._ledger.record_queue_timeout(raw, notice)
+            # Kept with its body; its payout is looked up right away (worker.ledger.result_store).
+            stored = self._results.record_queue_timeout(raw, notice)
         except LedgerError:
             log.exception(
                 "could not store the queue timeout for %s; answering an error", notice.originator_conversation_id
@@ -167,7 +170,7 @@ class CallbackReceiver:
 
     def _health(self, start_response: StartResponse) -> Iterable[bytes]:
         try:
-            backlog = self._ledger.outbox_backlog()
+            backlog = self._outbox.backlog()
         except B2CError as exc:
             body = {"status": "unhealthy", "ledger": str(exc)}
             return _json(start_response, "503 Service Unavailable", body)

@@ -22,11 +22,13 @@ class ReceiverService:
         self.settings = settings
         metrics.BUILD_INFO.info({"version": __version__})
         self.ledger = open_ledger(settings.ledger)
-        self.relay = relay_for(settings, self.ledger)
-        self.app = CallbackReceiver(settings, self.ledger, self.relay)
+        self.relay = relay_for(settings, self.ledger.outbox)
+        self.app = CallbackReceiver(settings, self.ledger.results, self.ledger.outbox, self.relay)
         self._background = Background()
         self._background.every(settings.outbox_interval, self.relay.try_flush_older, "outbox-relay")
-        self._background.every(GAUGE_INTERVAL, lambda: update_ledger_gauges(self.ledger), "ledger-gauges")
+        self._background.every(
+            GAUGE_INTERVAL, lambda: update_ledger_gauges(self.ledger.payouts, self.ledger.outbox), "ledger-gauges"
+        )
         self.server = start_server(
             self.app,
             host,

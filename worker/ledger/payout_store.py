@@ -1,0 +1,412 @@
+"""The ``payouts`` table: a payout is recorded before anything is sent, and every change is a compare-and-set.
+
+A status change first reads the payout with a row lock (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN
+IMMEDIATE`` already holds the database's write lock), asks :func:`worker.payouts.models.can_transition`, and
+then updates the row only if status and attempt count are still what it read (compare-and-set), inserting
+the event into ``outbox`` in the same transaction. So an event exists exactly when its transition does, and
+a repeated call finds the new status and does nothing. The row functions here take the caller's
+:class:`~worker.ledger.transaction.Work`, so other stores change payouts inside their own transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from worker import metrics
+from worker.errors import InvalidCommand, LedgerError, TransitionRefused, UnknownPayout
+from worker.ledger import outbox
+from worker.ledger.engine import Engine, Row
+from worker.ledger.model import Recorded, RecordOutcome
+from worker.ledger.transaction import Transactions, Work
+from worker.payouts import policy
+from worker.payouts.models import (
+    Payout,
+    PayoutCommand,
+    PayoutStatus,
+    RejectionReason,
+    build_event,
+    can_transition,
+    loads_json,
+)
+
+# Columns a transition may set besides status/updated_at; the only names ever put into UPDATE text.
+_UPDATABLE = frozenset(
+    {
+        "conversation_id",
+        "send_attempts",
+        "response_code",
+        "response_desc",
+        "result_code",
+        "result_desc",
+        "receipt",
+        "reason",
+        "message",
+        "final_details",
+        "accepted_at",
+        "finalised_at",
+    }
+)
+_LOOKUP_COLUMNS = frozenset({"payout_id", "originator_conversation_id", "conversation_id"})
+
+
+class Payments(Protocol):
+    """What the command handler needs: record a command, claim its send, and store the gateway's answer."""
+
+    def record(self, command: PayoutCommand, originator_conversation_id: str) -> Recorded: ...
+
+    def note_duplicate(self, payout_id: str) -> Payout: ...
+
+    def record_invalid(self, raw: bytes, *, payout_id: str | None, reason: str, message: str) -> None: ...
+
+    def claim_send(self, payout_id: str, *, expected_attempts: int) -> Payout | None: ...
+
+    def get(self, payout_id: str) -> Payout | None: ...
+
+    def mark_accepted(
+        self, payout_id: str, *, conversation_id: str | None, code: str | None, description: str | None
+    ) -> Payout: ...
+
+    def mark_rejected(
+        self, payout_id: str, *, reason: str, code: str | None, description: str | None, message: str
+    ) -> Payout: ...
+
+    def mark_unknown(
+        self,
+        payout_id: str,
+        *,
+        reason: str,
+        code: str | None,
+        description: str | None,
+        message: str | None = None,
+    ) -> Payout: ...
+
+    def mark_not_sent(self, payout_id: str, *, code: str | None, description: str | None) -> Payout: ...
+
+
+class Acceptance(Protocol):
+    """What the reconciler needs after a resend M-PESA took."""
+
+    def mark_accepted(
+        self, payout_id: str, *, conversation_id: str | None, code: str | None, description: str | None
+    ) -> Payout: ...
+
+
+class PayoutCensus(Protocol):
+    """What the gauges read."""
+
+    def count_by_status(self) -> dict[str, int]: ...
+
+    def list_payouts(self, status: PayoutStatus | None = None, limit: int = 100) -> list[Payout]: ...
+
+
+def load(engine: Engine[Any], row: Row) -> Payout:
+    try:
+        command = PayoutCommand.from_json(str(row["command"]).encode("utf-8"))
+    except InvalidCommand as exc:
+        raise LedgerError(f"the stored command of payout {row['payout_id']!r} is unreadable: {exc}") from exc
+    final = row["final_details"]
+    return Payout(
+        payout_id=row["payout_id"],
+        command=command,
+        fingerprint=row["fingerprint"],
+        originator_conversation_id=row["originator_conversation_id"],
+        status=PayoutStatus(row["status"]),
+        conversation_id=row["conversation_id"],
+        send_attempts=int(row["send_attempts"]),
+        response_code=row["response_code"],
+        response_desc=row["response_desc"],
+        result_code=row["result_code"],
+        result_desc=row["result_desc"],
+        receipt=row["receipt"],
+        reason=row["reason"],
+        created_at=engine.from_db_time(row["created_at"]),
+        updated_at=engine.from_db_time(row["updated_at"]),
+        final_details=None if final is None else loads_json(str(final)),
+    )
+
+
+def lock(work: Work, column: str, value: str) -> Payout | None:
+    """The payout whose ``column`` equals ``value``, locked until the transaction ends."""
+    assert column in _LOOKUP_COLUMNS
+    row = work.session.one(
+        f"SELECT * FROM payouts WHERE {column} = ? ORDER BY created_at LIMIT 1"  # noqa: S608 - fixed names
+        + work.session.engine.for_update,
+        value,
+    )
+    return None if row is None else load(work.session.engine, row)
+
+
+def lock_payout(work: Work, payout_id: str) -> Payout:
+    payout = lock(work, "payout_id", payout_id)
+    if payout is None:
+        raise UnknownPayout(payout_id)
+    return payout
+
+
+def lock_row(work: Work, payout_id: str) -> Row:
+    """The whole row (lookup bookkeeping included), locked until the transaction ends."""
+    row = work.session.one(
+        "SELECT * FROM payouts WHERE payout_id = ?" + work.session.engine.for_update,  # noqa: S608 - fixed text
+        payout_id,
+    )
+    if row is None:
+        raise UnknownPayout(payout_id)
+    return row
+
+
+def change(work: Work, payout: Payout, target: PayoutStatus, *, implied: bool = False, **columns: Any) -> Payout:
+    """Move ``payout`` to ``target`` if it is still as read; ``reason``/``message`` reset unless given.
+
+    ``implied`` skips the status machine for the one step M-PESA itself proves: a result for a payout
+    we had put back to ``received`` shows that the request did reach it after all.
+    """
+    if target != payout.status and not implied and not can_transition(payout.status, target):
+        raise TransitionRefused(payout.payout_id, payout.status, target)
+    unexpected = set(columns) - _UPDATABLE
+    if unexpected:
+        raise ValueError(f"not updatable: {sorted(unexpected)}")
+    values: dict[str, Any] = {"reason": None, "message": None, **columns}
+    values["status"] = str(target)
+    values["updated_at"] = work.session.time(work.now)
+    assignments = ", ".join(f"{name} = ?" for name in values)
+    row = work.session.one(
+        f"UPDATE payouts SET {assignments}"  # noqa: S608 - names from _UPDATABLE, values bound
+        " WHERE payout_id = ? AND status = ? AND send_attempts = ? RETURNING *",
+        *values.values(),
+        payout.payout_id,
+        str(payout.status),
+        payout.send_attempts,
+    )
+    if row is None:
+        raise LedgerError(f"payout {payout.payout_id!r} changed under a held lock; transaction abandoned")
+    changed = load(work.session.engine, row)
+    if target != payout.status:
+        work.transitions.append(changed)
+        if payout.status is PayoutStatus.UNKNOWN:
+            spent = max((work.now - payout.updated_at).total_seconds(), 0.0)
+            work.after_commit.append(lambda: metrics.UNKNOWN_SECONDS.observe(spent))
+    return changed
+
+
+class PayoutStore:
+    """Commands and the gateway's synchronous answers; every public method is one transaction.
+
+    The ``mark_*`` methods raise UnknownPayout for an unknown id and TransitionRefused when the status
+    machine forbids the change; on a payout already in the target status (or final; ``mark_not_sent``:
+    not ``sending``) they return it unchanged and store no event, so repeating them is safe.
+    """
+
+    def __init__(self, tx: Transactions) -> None:
+        self._tx = tx
+
+    def record(self, command: PayoutCommand, originator_conversation_id: str) -> Recorded:
+        """Store a new payout as ``received`` (no event), or answer a repeat of its payout_id.
+
+        NEW: stored. DUPLICATE: the stored payout, untouched and with no event yet: the caller answers with
+        :meth:`note_duplicate` unless the repeat is an orphaned delivery it must finish. CONFLICT: a
+        ``payout.rejected`` idempotency_conflict describing ``command``, the original untouched. Exactly one
+        of any number of concurrent calls for one payout_id is NEW. LedgerError if the
+        OriginatorConversationID belongs to another payout.
+        """
+        fingerprint = command.fingerprint()
+        with self._tx.write() as work:
+            now = work.session.time(work.now)
+            row = work.session.one(
+                "INSERT INTO payouts (payout_id, originator_conversation_id, fingerprint, command, amount,"
+                " status, send_attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)"
+                " ON CONFLICT DO NOTHING RETURNING *",
+                command.payout_id,
+                originator_conversation_id,
+                fingerprint,
+                command.to_json().decode("utf-8"),
+                str(command.amount),
+                str(PayoutStatus.RECEIVED),
+                now,
+                now,
+            )
+            if row is not None:
+                payout = load(work.session.engine, row)
+                work.transitions.append(payout)
+                return Recorded(RecordOutcome.NEW, payout)
+            existing = lock(work, "payout_id", command.payout_id)
+            if existing is None:
+                raise LedgerError(f"OriginatorConversationID {originator_conversation_id!r} belongs to another payout")
+            if existing.fingerprint == fingerprint:
+                return Recorded(RecordOutcome.DUPLICATE, existing)
+            outbox.emit(
+                work,
+                build_event(
+                    None,
+                    status=PayoutStatus.REJECTED,
+                    reason=RejectionReason.IDEMPOTENCY_CONFLICT,
+                    message=(
+                        f"payout_id {command.payout_id} was already used for a different payout"
+                        f" (status {existing.status})"
+                    ),
+                    command=command,
+                    now=work.now,
+                ),
+            )
+            return Recorded(RecordOutcome.CONFLICT, existing)
+
+    def record_invalid(self, raw: bytes, *, payout_id: str | None, reason: str, message: str) -> None:
+        """Keep a refused command's body and tell the payer (``payout.rejected``) in one transaction."""
+        with self._tx.write() as work:
+            event = build_event(
+                None,
+                status=PayoutStatus.REJECTED,
+                reason=reason,
+                message=message,
+                payout_id=payout_id,
+                now=work.now,
+            )
+            work.session.run(
+                "INSERT INTO invalid_commands (received_at, raw, payout_id, reason, message) VALUES (?, ?, ?, ?, ?)",
+                work.session.time(work.now),
+                bytes(raw),
+                event["payout_id"],
+                reason,
+                message,
+            )
+            outbox.emit(work, event)
+
+    def note_duplicate(self, payout_id: str) -> Payout:
+        """Answer a repeated command: store an event with the payout's current status, duplicate=true."""
+        with self._tx.write() as work:
+            payout = lock_payout(work, payout_id)
+            outbox.emit_status(work, payout, duplicate=True)
+            return payout
+
+    def claim_send(self, payout_id: str, *, expected_attempts: int) -> Payout | None:
+        """Durably mark the payout ``sending`` (one more attempt), committed before the caller sends it.
+
+        Only for the caller whose snapshot is current: None means another delivery claimed (or finished)
+        the payout since ``expected_attempts`` was read, or it is not sendable (``accepted`` or final), so
+        this caller must not send. From ``sending`` too: a redelivery after a crash mid-send does not know
+        what the earlier send did, and resending with the same OriginatorConversationID is safe (M-PESA
+        refuses a second payment).
+        """
+        with self._tx.write() as work:
+            payout = lock_payout(work, payout_id)
+            if not policy.sendable(payout) or payout.send_attempts != expected_attempts:
+                return None
+            return change(work, payout, PayoutStatus.SENDING, send_attempts=payout.send_attempts + 1)
+
+    def mark_accepted(
+        self, payout_id: str, *, conversation_id: str | None, code: str | None, description: str | None
+    ) -> Payout:
+        """M-PESA took the request; a no-op (no second event) if already accepted or final."""
+        with self._tx.write() as work:
+            payout = lock_payout(work, payout_id)
+            if payout.status is PayoutStatus.ACCEPTED or payout.is_final:
+                return payout
+            payout = change(
+                work,
+                payout,
+                PayoutStatus.ACCEPTED,
+                conversation_id=conversation_id or payout.conversation_id,
+                response_code=code,
+                response_desc=description,
+                accepted_at=work.session.time(work.now),
+            )
+            outbox.emit_status(work, payout)
+            return payout
+
+    def mark_rejected(
+        self,
+        payout_id: str,
+        *,
+        reason: str,
+        code: str | None,
+        description: str | None,
+        message: str,
+    ) -> Payout:
+        """Final: nothing was or will be paid. A no-op if the payout is already final (first final wins)."""
+        with self._tx.write() as work:
+            payout = lock_payout(work, payout_id)
+            if payout.is_final:
+                return payout
+            payout = change(
+                work,
+                payout,
+                PayoutStatus.REJECTED,
+                response_code=code,
+                response_desc=description,
+                reason=reason,
+                message=message,
+                finalised_at=work.session.time(work.now),
+            )
+            outbox.emit_status(work, payout, message=message)
+            return payout
+
+    def mark_unknown(
+        self,
+        payout_id: str,
+        *,
+        reason: str,
+        code: str | None,
+        description: str | None,
+        message: str | None = None,
+    ) -> Payout:
+        """We do not know whether it was paid; a no-op if already ``unknown`` or final."""
+        with self._tx.write() as work:
+            payout = lock_payout(work, payout_id)
+            if payout.status is PayoutStatus.UNKNOWN or payout.is_final:
+                return payout
+            payout = change(
+                work,
+                payout,
+                PayoutStatus.UNKNOWN,
+                response_code=code,
+                response_desc=description,
+                reason=reason,
+                message=message,
+            )
+            outbox.emit_status(work, payout, message=message)
+            return payout
+
+    def mark_not_sent(self, payout_id: str, *, code: str | None, description: str | None) -> Payout:
+        """``sending`` back to ``received``: M-PESA certainly did not process it (no event). Else a no-op."""
+        with self._tx.write() as work:
+            payout = lock_payout(work, payout_id)
+            if payout.status is not PayoutStatus.SENDING:
+                return payout
+            return change(
+                work,
+                payout,
+                PayoutStatus.RECEIVED,
+                response_code=code,
+                response_desc=description,
+            )
+
+    def get(self, payout_id: str) -> Payout | None:
+        return self._find_one("payout_id", payout_id)
+
+    def count_by_status(self) -> dict[str, int]:
+        """Every status, zeros included (a gauge per status must not vanish when it drops to none)."""
+        with self._tx.read() as session:
+            rows = session.all("SELECT status, COUNT(*) AS n FROM payouts GROUP BY status")
+        counts = {str(status): 0 for status in PayoutStatus}
+        counts.update({str(row["status"]): int(row["n"]) for row in rows})
+        return counts
+
+    def list_payouts(self, status: PayoutStatus | None = None, limit: int = 100) -> list[Payout]:
+        """Least recently changed first: the payouts waiting longest (what a reconciliation sweep wants)."""
+        where = "" if status is None else " WHERE status = ?"
+        params: list[Any] = [] if status is None else [str(PayoutStatus(status))]
+        with self._tx.read() as session:
+            rows = session.all(
+                f"SELECT * FROM payouts{where} ORDER BY updated_at, payout_id LIMIT ?",  # noqa: S608
+                *params,
+                limit,
+            )
+            return [load(session.engine, row) for row in rows]
+
+    def _find_one(self, column: str, value: str) -> Payout | None:
+        assert column in _LOOKUP_COLUMNS
+        with self._tx.read() as session:
+            row = session.one(
+                f"SELECT * FROM payouts WHERE {column} = ? ORDER BY created_at LIMIT 1",  # noqa: S608
+                value,
+            )
+            return None if row is None else load(session.engine, row)
