@@ -4,6 +4,11 @@ A write is a :class:`Work`: one transaction on one connection with one clock rea
 it commits (metrics that must not count a change that was rolled back). Stores never commit: they take the
 ``Work`` they are given, so a change that spans two table families (a payout row and its outbox event; a
 result stored and applied) is one transaction.
+
+The clock reading is the database's (PostgreSQL's ``clock_timestamp()``; SQLite's own ``'now'``, the clock
+of the one host the file lives on), never the process's: every ledger timestamp is stamped and compared on
+one clock, so a worker whose host runs ahead cannot see a live send lease as run out, nor one running
+behind stamp a lease that looks old to everyone else.
 """
 
 from __future__ import annotations
@@ -19,9 +24,22 @@ from worker.ledger.engine import Database, Engine, Session
 from worker.ledger.schema import migrate
 from worker.payouts.models import FINAL_STATUSES, Payout, PayoutStatus
 
+# The database's clock, to the microsecond on PostgreSQL and the millisecond on SQLite.
+_NOW_SQL = {
+    "postgresql": "SELECT clock_timestamp() AS now",
+    "sqlite": "SELECT strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now') AS now",
+}
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def database_now(session: Session[Any]) -> datetime:
+    """Now on the database's clock, the one every process sharing the ledger agrees on."""
+    row = session.one(_NOW_SQL[session.engine.name])
+    assert row is not None
+    return session.engine.from_db_time(row["now"])
 
 
 @dataclass
@@ -36,7 +54,9 @@ class Work:
 
 
 class Transactions:
-    """The pool and the clock: hands out write transactions (:class:`Work`) and read sessions."""
+    """The pool: hands out write transactions (:class:`Work`, stamped on the database's clock) and read
+    sessions. ``clock`` is this process's own clock; nothing stored or compared with a stored time reads it
+    (a test gives a process one that disagrees with the database's to show that)."""
 
     def __init__(self, db: Database[Any], *, clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
@@ -61,7 +81,7 @@ class Transactions:
     @contextmanager
     def write(self) -> Iterator[Work]:
         with self.db.transaction() as session:
-            work = Work(session, self.clock())
+            work = Work(session, database_now(session))
             yield work
         _observe(work.transitions)
         for record in work.after_commit:
