@@ -67,6 +67,11 @@ UNKNOWN_SECONDS = Histogram(
 QUEUE_DEPTH = Gauge("mpesa_b2c_command_queue_depth", "Messages ready in the command queue")
 PREFETCH = Gauge("mpesa_b2c_consumer_prefetch", "Prefetch count of this worker's consumer")
 DEAD_LETTERS = Counter("mpesa_b2c_dead_letters_total", "Commands copied to the dead-letter queue", ["reason"])
+STALE_ANSWERS = Counter(
+    "mpesa_b2c_stale_answers_total",
+    "Answers to a send whose payout was claimed again meanwhile; kept, applied only if an acceptance",
+    ["answer", "action"],
+)
 # Looking up unknowns and lost results (worker.paying.lookups, worker.ledger.lookup_store).
 LOOKUPS = Counter(
     "mpesa_b2c_lookups_total",

@@ -34,9 +34,10 @@ from worker.ledger.lookups import (
     StatusQuery,
     status_query_id,
 )
-from worker.ledger.payout_store import change, load, lock_payout, lock_row
+from worker.ledger.payout_store import change, fenced, load, lock_payout, lock_row
 from worker.ledger.transaction import Transactions, Work
 from worker.payouts.models import FINAL_STATUSES, Payout, PayoutStatus, UnknownReason
+from worker.payouts.policy import SendAnswer
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Resends(Protocol):
         self,
         payout_id: str,
         *,
+        attempt: int,
         code: str | None,
         description: str | None,
         not_processed: bool = False,
@@ -236,6 +238,7 @@ class LookupStore:
         self,
         payout_id: str,
         *,
+        attempt: int | None = None,
         code: str | None,
         description: str | None,
         not_processed: bool = False,
@@ -247,9 +250,12 @@ class LookupStore:
         Refused or not, the first send's fate is still unknown, so nothing here is ever final.
 
         ``not_processed`` (M-PESA certainly did not process it: busy, throttled, not sent): the resend stays
-        due. ``held`` (flow control kept it back, nothing sent): the attempt is also given back."""
+        due. ``held`` (flow control kept it back, nothing sent): the attempt is also given back. ``attempt``
+        fences it like the payout store's post-send writes: a stale claim's answer is only kept."""
         with self._tx.write() as work:
             payout = lock_payout(work, payout_id)
+            if fenced(work, payout, attempt, SendAnswer.RESEND_NOT_TAKEN, code=code, description=description):
+                return payout
             if payout.status is not PayoutStatus.SENDING:
                 return payout
             announced = payout.reason in set(UnknownReason)

@@ -6,10 +6,18 @@ then updates the row only if status and attempt count are still what it read (co
 the event into ``outbox`` in the same transaction. So an event exists exactly when its transition does, and
 a repeated call finds the new status and does nothing. The row functions here take the caller's
 :class:`~worker.ledger.transaction.Work`, so other stores change payouts inside their own transaction.
+
+Every write that stores how a send ended is fenced by the claim the send was made under: ``attempt`` is the
+payout's ``send_attempts`` as that claim left it. A send can outlive its lease (a slow read, a stall, a busy
+database) and the payout be claimed again and resent, same OriginatorConversationID, by another delivery;
+the stale sender's answer then describes only its own send. It is kept in ``stale_answers``, logged and
+counted (``mpesa_b2c_stale_answers_total``), and changes the payout only when it is an acceptance that adds
+to it (:func:`worker.payouts.policy.stale_answer`): never ``rejected``, ``unknown`` or back to ``received``.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 from worker import metrics
@@ -17,7 +25,7 @@ from worker.errors import InvalidCommand, LedgerError, TransitionRefused, Unknow
 from worker.ledger import outbox
 from worker.ledger.engine import Engine, Row
 from worker.ledger.model import Recorded, RecordOutcome
-from worker.ledger.transaction import Transactions, Work
+from worker.ledger.transaction import Transactions, Work, database_now
 from worker.payouts import policy
 from worker.payouts.models import (
     Payout,
@@ -28,6 +36,10 @@ from worker.payouts.models import (
     can_transition,
     loads_json,
 )
+from worker.payouts.policy import SendAnswer, StaleAction
+
+log = logging.getLogger(__name__)
+_NOTE_LENGTH = 1000
 
 # Columns a transition may set besides status/updated_at; the only names ever put into UPDATE text.
 _UPDATABLE = frozenset(
@@ -58,36 +70,41 @@ class Payments(Protocol):
 
     def record_invalid(self, raw: bytes, *, payout_id: str | None, reason: str, message: str) -> None: ...
 
-    def claim_send(self, payout_id: str, *, expected_attempts: int) -> Payout | None: ...
+    def claim_send(
+        self, payout_id: str, *, expected_attempts: int, lease_seconds: float | None = None
+    ) -> Payout | None: ...
 
     def get(self, payout_id: str) -> Payout | None: ...
 
+    def since_change(self, payout_id: str) -> tuple[Payout, float] | None: ...
+
     def mark_accepted(
-        self, payout_id: str, *, conversation_id: str | None, code: str | None, description: str | None
+        self, payout_id: str, *, attempt: int, conversation_id: str | None, code: str | None, description: str | None
     ) -> Payout: ...
 
     def mark_rejected(
-        self, payout_id: str, *, reason: str, code: str | None, description: str | None, message: str
+        self, payout_id: str, *, attempt: int, reason: str, code: str | None, description: str | None, message: str
     ) -> Payout: ...
 
     def mark_unknown(
         self,
         payout_id: str,
         *,
+        attempt: int,
         reason: str,
         code: str | None,
         description: str | None,
         message: str | None = None,
     ) -> Payout: ...
 
-    def mark_not_sent(self, payout_id: str, *, code: str | None, description: str | None) -> Payout: ...
+    def mark_not_sent(self, payout_id: str, *, attempt: int, code: str | None, description: str | None) -> Payout: ...
 
 
 class Acceptance(Protocol):
     """What the reconciler needs after a resend M-PESA took."""
 
     def mark_accepted(
-        self, payout_id: str, *, conversation_id: str | None, code: str | None, description: str | None
+        self, payout_id: str, *, attempt: int, conversation_id: str | None, code: str | None, description: str | None
     ) -> Payout: ...
 
 
@@ -188,12 +205,69 @@ def change(work: Work, payout: Payout, target: PayoutStatus, *, implied: bool = 
     return changed
 
 
+def keep_stale(
+    work: Work,
+    payout: Payout,
+    attempt: int,
+    answer: SendAnswer,
+    action: StaleAction,
+    *,
+    code: str | None,
+    description: str | None,
+    conversation_id: str | None = None,
+) -> None:
+    """Store, log and count the answer of a send whose claim ``attempt`` is no longer the payout's latest."""
+    work.session.run(
+        "INSERT INTO stale_answers (received_at, payout_id, attempt, current_attempt, current_status, answer,"
+        " code, description, conversation_id, action) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        work.session.time(work.now),
+        payout.payout_id,
+        attempt,
+        payout.send_attempts,
+        str(payout.status),
+        str(answer),
+        code,
+        None if description is None else description[:_NOTE_LENGTH],
+        conversation_id,
+        str(action),
+    )
+    log.warning(
+        "payout %s: the answer to send attempt %d (%s, code %s) came after attempt %d claimed it (now %s); %s",
+        payout.payout_id,
+        attempt,
+        answer,
+        code,
+        payout.send_attempts,
+        payout.status,
+        "applied" if action is StaleAction.APPLIED else "kept, not applied",
+    )
+    work.after_commit.append(lambda: metrics.STALE_ANSWERS.labels(answer=str(answer), action=str(action)).inc())
+
+
+def fenced(
+    work: Work,
+    payout: Payout,
+    attempt: int | None,
+    answer: SendAnswer,
+    *,
+    code: str | None,
+    description: str | None,
+) -> bool:
+    """True, with the answer kept, when ``attempt``'s claim is stale and the answer must not be applied."""
+    if attempt is None or not policy.stale(payout, attempt):
+        return False
+    keep_stale(work, payout, attempt, answer, StaleAction.KEPT, code=code, description=description)
+    return True
+
+
 class PayoutStore:
     """Commands and the gateway's synchronous answers; every public method is one transaction.
 
     The ``mark_*`` methods raise UnknownPayout for an unknown id and TransitionRefused when the status
     machine forbids the change; on a payout already in the target status (or final; ``mark_not_sent``:
-    not ``sending``) they return it unchanged and store no event, so repeating them is safe.
+    not ``sending``) they return it unchanged and store no event, so repeating them is safe. Their
+    ``attempt`` is the fencing token of the send they describe (see the module's docstring); the worker
+    always passes it, and only a caller that holds no claim (a test, a tool) may leave it out.
     """
 
     def __init__(self, tx: Transactions) -> None:
@@ -277,33 +351,69 @@ class PayoutStore:
             outbox.emit_status(work, payout, duplicate=True)
             return payout
 
-    def claim_send(self, payout_id: str, *, expected_attempts: int) -> Payout | None:
+    def claim_send(
+        self, payout_id: str, *, expected_attempts: int, lease_seconds: float | None = None
+    ) -> Payout | None:
         """Durably mark the payout ``sending`` (one more attempt), committed before the caller sends it.
 
         Only for the caller whose snapshot is current: None means another delivery claimed (or finished)
         the payout since ``expected_attempts`` was read, or it is not sendable (``accepted`` or final), so
         this caller must not send. From ``sending`` too: a redelivery after a crash mid-send does not know
         what the earlier send did, and resending with the same OriginatorConversationID is safe (M-PESA
-        refuses a second payment).
+        refuses a second payment). With ``lease_seconds``, a ``sending`` payout is claimed only once its
+        send lease has run out, measured on the database's clock (the clock that stamped it).
         """
         with self._tx.write() as work:
             payout = lock_payout(work, payout_id)
             if not policy.sendable(payout) or payout.send_attempts != expected_attempts:
                 return None
+            if lease_seconds is not None and policy.lease_running(payout, work.now, lease_seconds):
+                return None
             return change(work, payout, PayoutStatus.SENDING, send_attempts=payout.send_attempts + 1)
 
     def mark_accepted(
-        self, payout_id: str, *, conversation_id: str | None, code: str | None, description: str | None
+        self,
+        payout_id: str,
+        *,
+        attempt: int | None = None,
+        conversation_id: str | None,
+        code: str | None,
+        description: str | None,
     ) -> Payout:
-        """M-PESA took the request; a no-op (no second event) if already accepted or final."""
+        """M-PESA took the request; a no-op (no second event) if already accepted or final.
+
+        A stale sender's acceptance is kept and applied where it adds to the payout (the same
+        OriginatorConversationID is paid at most once, whichever send carried it): a payout still in doubt
+        becomes ``accepted`` (from ``received`` too: the acceptance proves the request reached M-PESA), an
+        ``accepted`` one without a ConversationID gets this one.
+        """
         with self._tx.write() as work:
             payout = lock_payout(work, payout_id)
+            implied = False
+            if attempt is not None and policy.stale(payout, attempt):
+                action = policy.stale_answer(payout, SendAnswer.ACCEPTED, conversation_id)
+                keep_stale(
+                    work,
+                    payout,
+                    attempt,
+                    SendAnswer.ACCEPTED,
+                    action,
+                    code=code,
+                    description=description,
+                    conversation_id=conversation_id,
+                )
+                if action is StaleAction.KEPT:
+                    return payout
+                if payout.status is PayoutStatus.ACCEPTED:
+                    return change(work, payout, PayoutStatus.ACCEPTED, conversation_id=conversation_id)
+                implied = payout.status is PayoutStatus.RECEIVED
             if payout.status is PayoutStatus.ACCEPTED or payout.is_final:
                 return payout
             payout = change(
                 work,
                 payout,
                 PayoutStatus.ACCEPTED,
+                implied=implied,
                 conversation_id=conversation_id or payout.conversation_id,
                 response_code=code,
                 response_desc=description,
@@ -316,14 +426,18 @@ class PayoutStore:
         self,
         payout_id: str,
         *,
+        attempt: int | None = None,
         reason: str,
         code: str | None,
         description: str | None,
         message: str,
     ) -> Payout:
-        """Final: nothing was or will be paid. A no-op if the payout is already final (first final wins)."""
+        """Final: nothing was or will be paid. A no-op if the payout is already final (first final wins), and
+        for a stale claim: a newer send may be paid."""
         with self._tx.write() as work:
             payout = lock_payout(work, payout_id)
+            if fenced(work, payout, attempt, SendAnswer.REJECTED, code=code, description=description):
+                return payout
             if payout.is_final:
                 return payout
             payout = change(
@@ -343,15 +457,20 @@ class PayoutStore:
         self,
         payout_id: str,
         *,
+        attempt: int | None = None,
         reason: str,
         code: str | None,
         description: str | None,
         message: str | None = None,
     ) -> Payout:
-        """We do not know whether it was paid; a no-op if already ``unknown`` or final."""
+        """We do not know whether it was paid; a no-op if already ``unknown``, ``accepted`` (an acceptance of
+        the same OriginatorConversationID, by an earlier send, says more than this send's silence) or final,
+        and for a stale claim."""
         with self._tx.write() as work:
             payout = lock_payout(work, payout_id)
-            if payout.status is PayoutStatus.UNKNOWN or payout.is_final:
+            if fenced(work, payout, attempt, SendAnswer.UNKNOWN, code=code, description=description):
+                return payout
+            if payout.status in (PayoutStatus.UNKNOWN, PayoutStatus.ACCEPTED) or payout.is_final:
                 return payout
             payout = change(
                 work,
@@ -365,10 +484,15 @@ class PayoutStore:
             outbox.emit_status(work, payout, message=message)
             return payout
 
-    def mark_not_sent(self, payout_id: str, *, code: str | None, description: str | None) -> Payout:
-        """``sending`` back to ``received``: M-PESA certainly did not process it (no event). Else a no-op."""
+    def mark_not_sent(
+        self, payout_id: str, *, attempt: int | None = None, code: str | None, description: str | None
+    ) -> Payout:
+        """``sending`` back to ``received``: M-PESA certainly did not process it (no event). Else a no-op, and
+        for a stale claim: the newer claim's send is under way, the payout is its sender's."""
         with self._tx.write() as work:
             payout = lock_payout(work, payout_id)
+            if fenced(work, payout, attempt, SendAnswer.NOT_PROCESSED, code=code, description=description):
+                return payout
             if payout.status is not PayoutStatus.SENDING:
                 return payout
             return change(
@@ -381,6 +505,17 @@ class PayoutStore:
 
     def get(self, payout_id: str) -> Payout | None:
         return self._find_one("payout_id", payout_id)
+
+    def since_change(self, payout_id: str) -> tuple[Payout, float] | None:
+        """The payout and the seconds since it last changed, on the database's clock (the one that stamped
+        ``updated_at``): how long a send lease has run, whichever host asks."""
+        with self._tx.read() as session:
+            row = session.one("SELECT * FROM payouts WHERE payout_id = ?", payout_id)
+            if row is None:
+                return None
+            now = database_now(session)
+            payout = load(session.engine, row)
+            return payout, (now - payout.updated_at).total_seconds()
 
     def count_by_status(self) -> dict[str, int]:
         """Every status, zeros included (a gauge per status must not vanish when it drops to none)."""

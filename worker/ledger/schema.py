@@ -196,6 +196,29 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX IF NOT EXISTS quarantine_state ON quarantine (state, id)",
         ),
     ),
+    (
+        5,
+        (
+            # Answers to a send that came back after the payout was claimed again (worker.ledger.payout_store):
+            # kept with the claim they were made under, applied only where they cannot do harm.
+            """
+            CREATE TABLE IF NOT EXISTS stale_answers (
+                id {serial_pk},
+                received_at {ts} NOT NULL,
+                payout_id TEXT NOT NULL,
+                attempt INTEGER NOT NULL,
+                current_attempt INTEGER NOT NULL,
+                current_status TEXT NOT NULL,
+                answer TEXT NOT NULL,
+                code TEXT,
+                description TEXT,
+                conversation_id TEXT,
+                action TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS stale_answers_payout ON stale_answers (payout_id, id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -6,6 +6,10 @@ Money safety rests on three rules this module keeps:
   payment (result 15) even when we resend after a crash;
 - what an interrupted send did is unknown: a resend of it that M-PESA does not take leaves the payout
   ``unknown`` for the lookups, never ``rejected`` or back in the queue as if nothing had been sent;
+- every write after a send carries the claim it was made under (``send_attempts``, a fencing token): a send
+  that outlived its lease, the payout claimed again since, cannot reject it or put it back (ledger's word);
+- the send lease is measured on the database's clock, so hosts whose clocks disagree agree on it;
+- a redelivery never acks a payout left ``received``: it claims it and sends (same id), or requeues;
 - the delivery is acked only after the ledger transition's events were confirmed by the broker.
 """
 
@@ -15,7 +19,6 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
 
@@ -72,6 +75,7 @@ class _Claim:
     payout: Payout
     claimed: bool
     resend: bool = False  # of an interrupted send, whose fate is unknown
+    requeue: bool = False  # still ``sending`` under a live lease after a whole lease of waiting
 
 
 class PayoutProcessor:
@@ -118,6 +122,8 @@ class PayoutProcessor:
             if held is not None:  # the circuit breaker is open: not even claimed, back to the queue
                 return self._deferrer.carry_out(delivery, Hold(held))
         claim = self._claim(payout) if recorded.outcome is RecordOutcome.NEW else self._resume(payout, delivery)
+        if claim.requeue:
+            return Requeue()
         if not claim.claimed:
             # Already sent or final, or a concurrent delivery took it between record and claim (it owns the send).
             metrics.COMMANDS_DUPLICATE.inc()
@@ -130,36 +136,43 @@ class PayoutProcessor:
         return _Claim(payout, claimed=False) if after is None else _Claim(after, claimed=True)
 
     def _resume(self, payout: Payout, delivery: Delivery) -> _Claim:
-        """A command we already recorded: finish it if its earlier handling died, else answer as duplicate."""
-        if payout.status is PayoutStatus.RECEIVED:
-            return self._claim(payout)
-        if payout.status is not PayoutStatus.SENDING:
-            return _Claim(payout, claimed=False)
-        # ``sending``: either another thread/process is sending right now, or one died mid-send. Only a
-        # redelivery can be the orphan of a dead worker; wait (bounded) until the send lease runs out. Its
-        # resend passes the circuit breaker like every request (the gateway's flow observer).
-        deadline = time.monotonic() + self.send_lease_seconds
-        current = payout
-        while delivery.redelivered and current.status is PayoutStatus.SENDING:
-            if self._lease_expired(current):
-                log.warning(
-                    "payout %s: resending with the same OriginatorConversationID after an interrupted send",
-                    current.payout_id,
-                )
-                claim = self._claim(current)
-                return _Claim(claim.payout, claim.claimed, resend=True)
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-            fresh = self._payouts.get(current.payout_id)
-            if fresh is None:
-                break
-            current = fresh
-        return _Claim(current, claimed=False)
+        """A command we already recorded: finish it if its earlier handling died, else answer as duplicate.
 
-    def _lease_expired(self, payout: Payout) -> bool:
-        age = (datetime.now(UTC) - payout.updated_at).total_seconds()
-        return age > self.send_lease_seconds
+        ``sending``: either another thread/process is sending right now, or one died mid-send. Only a
+        redelivery can be the orphan of a dead worker; it waits (bounded) until the send lease runs out on
+        the database's clock, then resends. Its resend passes the circuit breaker like every request (the
+        gateway's flow observer). A send it waits on may end "not processed" and put the payout back to
+        ``received``, and that sender's requeue may be lost with its connection (this delivery may be the
+        very message): so a ``received`` payout is claimed and sent here, never acked as a duplicate.
+        """
+        deadline = time.monotonic() + self.send_lease_seconds
+        current, age = payout, None
+        while True:
+            if current.status is PayoutStatus.RECEIVED:
+                claim = self._claim(current)
+                if claim.claimed:
+                    return claim
+            elif current.status is not PayoutStatus.SENDING or not delivery.redelivered:
+                return _Claim(current, claimed=False)
+            elif age is not None and age >= self.send_lease_seconds:
+                claimed = self._payouts.claim_send(
+                    current.payout_id, expected_attempts=current.send_attempts, lease_seconds=self.send_lease_seconds
+                )
+                if claimed is not None:
+                    log.warning(
+                        "payout %s: resending with the same OriginatorConversationID after an interrupted send",
+                        current.payout_id,
+                    )
+                    return _Claim(claimed, claimed=True, resend=True)
+            elif age is not None and time.monotonic() > deadline:
+                log.warning("payout %s: still sending under a live lease after waiting; requeued", current.payout_id)
+                return _Claim(current, claimed=False, requeue=True)
+            elif age is not None:
+                time.sleep(min(0.5, max(self.send_lease_seconds - age, 0.05)))
+            seen = self._payouts.since_change(current.payout_id)
+            if seen is None:
+                return _Claim(current, claimed=False)
+            current, age = seen
 
     def _send(self, payout: Payout, delivery: Delivery, *, resend: bool = False) -> Disposition:
         command = payout.command
@@ -185,10 +198,9 @@ class PayoutProcessor:
             if resend:  # the interrupted send was built from the same command: its fate is still open
                 return self._resend_not_taken(payout, None, None, f"the resend could not be built: {exc}")
             # The request could not even be built, so nothing was sent: a command M-PESA cannot take.
-            metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.INVALID_COMMAND.value).inc()
-            self._payouts.mark_rejected(
-                payout.payout_id,
-                reason=RejectionReason.INVALID_COMMAND.value,
+            self._reject(
+                payout,
+                RejectionReason.INVALID_COMMAND,
                 code=None,
                 description=None,
                 message=f"the request for M-PESA could not be built: {exc}",
@@ -203,16 +215,16 @@ class PayoutProcessor:
             assert response is not None
             self._payouts.mark_accepted(
                 payout.payout_id,
+                attempt=payout.send_attempts,
                 conversation_id=response.conversation_id,
                 code=response.code,
                 description=response.description,
             )
         elif answer.outcome is ResponseOutcome.REJECTED:
             assert response is not None
-            metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.MPESA_REJECTED.value).inc()
-            self._payouts.mark_rejected(
-                payout.payout_id,
-                reason=RejectionReason.MPESA_REJECTED.value,
+            self._reject(
+                payout,
+                RejectionReason.MPESA_REJECTED,
                 code=response.code,
                 description=response.description,
                 message=f"M-PESA refused the request with ResponseCode {response.code}: {response.description}",
@@ -225,7 +237,9 @@ class PayoutProcessor:
                 payout.payout_id,
                 answer.detail,
             )
-            self._payouts.mark_unknown(payout.payout_id, reason=reason.value, code=code, description=description)
+            self._payouts.mark_unknown(
+                payout.payout_id, attempt=payout.send_attempts, reason=reason.value, code=code, description=description
+            )
         else:
             return self._not_processed(payout, delivery, answer, code, description)
         return self._publish_then_ack(payout.payout_id)
@@ -247,6 +261,7 @@ class PayoutProcessor:
         retry_later = answer is not None and answer.outcome is ResponseOutcome.RETRY_LATER
         self._resends.resend_not_taken(
             payout.payout_id,
+            attempt=payout.send_attempts,
             code=code,
             description=description,
             not_processed=retry_later,
@@ -260,30 +275,49 @@ class PayoutProcessor:
         """M-PESA certainly did not process it (busy, throttled, unreachable, held back here): nothing was paid.
 
         With a deferrer the command waits in a delay queue (worker.flow.deferral) and the thread moves on; the
-        payout goes back to ``received`` before the copy is published, so the copy always finds it there.
+        payout goes back to ``received`` before the copy is published, so the copy always finds it there. If
+        it was not ours to put back (claimed again since, or answered meanwhile), its current owner finishes
+        it: the delivery is acked, not retried.
         """
         if self._deferrer is not None:
             plan = self._deferrer.plan(delivery, answer)
             if not isinstance(plan, GiveUp):
-                self._payouts.mark_not_sent(payout.payout_id, code=code, description=description)
+                if not self._put_back(payout, code, description):
+                    return self._publish_then_ack(payout.payout_id)
                 log.info("payout %s: not processed (%s); %s", payout.payout_id, code or answer.reason, plan)
                 return self._deferrer.carry_out(delivery, plan)
             message = plan.message
         elif delivery.delivery_count < self._delivery_limit:  # quorum queues allow limit + 1 deliveries
-            self._payouts.mark_not_sent(payout.payout_id, code=code, description=description)
+            if not self._put_back(payout, code, description):
+                return self._publish_then_ack(payout.payout_id)
             log.info("payout %s: not processed by M-PESA (%s); requeued", payout.payout_id, code or description)
             return Requeue()
         else:
             message = f"M-PESA did not process the request on {self._delivery_limit} deliveries; nothing was paid"
-        metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.DELIVERY_LIMIT.value).inc()
-        self._payouts.mark_rejected(
+        self._reject(payout, RejectionReason.DELIVERY_LIMIT, code=code, description=description, message=message)
+        return self._publish_then_ack(payout.payout_id)
+
+    def _put_back(self, payout: Payout, code: str | None, description: str | None) -> bool:
+        """``sending`` back to ``received`` under this claim; False when the payout is no longer this claim's."""
+        after = self._payouts.mark_not_sent(
+            payout.payout_id, attempt=payout.send_attempts, code=code, description=description
+        )
+        return after.status is PayoutStatus.RECEIVED and after.send_attempts == payout.send_attempts
+
+    def _reject(
+        self, payout: Payout, reason: RejectionReason, *, code: str | None, description: str | None, message: str
+    ) -> None:
+        """Reject under this claim; counted only if it did (a stale claim's refusal is kept, not applied)."""
+        after = self._payouts.mark_rejected(
             payout.payout_id,
-            reason=RejectionReason.DELIVERY_LIMIT.value,
+            attempt=payout.send_attempts,
+            reason=reason.value,
             code=code,
             description=description,
             message=message,
         )
-        return self._publish_then_ack(payout.payout_id)
+        if after.status is PayoutStatus.REJECTED and after.send_attempts == payout.send_attempts:
+            metrics.COMMANDS_REJECTED.labels(reason=reason.value).inc()
 
     def _reject_invalid(self, delivery: Delivery, exc: InvalidCommand) -> Disposition:
         metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.INVALID_COMMAND.value).inc()

@@ -237,12 +237,15 @@ class LookupRunner:
                 reference={"Occasion": command.occasion} if command.occasion else {},
             )
         except B2CError as exc:
-            self._lookups.resend_not_taken(payout.payout_id, code=None, description=f"resend not sent: {exc}")
+            self._lookups.resend_not_taken(
+                payout.payout_id, attempt=payout.send_attempts, code=None, description=f"resend not sent: {exc}"
+            )
             raise
         response = answer.response
         if answer.outcome is ResponseOutcome.ACCEPTED and response is not None:
             self._payouts.mark_accepted(
                 payout.payout_id,
+                attempt=payout.send_attempts,
                 conversation_id=response.conversation_id,
                 code=response.code,
                 description=response.description,
@@ -252,6 +255,7 @@ class LookupRunner:
             # M-PESA certainly did not process the resend (busy, throttled, held back) is it still due.
             self._lookups.resend_not_taken(
                 payout.payout_id,
+                attempt=payout.send_attempts,
                 code=response.code if response else None,
                 description=response.description if response else answer.detail,
                 not_processed=answer.outcome is ResponseOutcome.RETRY_LATER,

@@ -10,6 +10,7 @@ transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from worker.payouts.models import FailureReason, Payout, PayoutStatus
@@ -27,6 +28,56 @@ def sendable(payout: Payout) -> bool:
     """Whether a send may be claimed: also from ``sending`` (a crash mid-send) and ``unknown`` (resending
     under the same OriginatorConversationID cannot pay twice); never from ``accepted`` or a final status."""
     return payout.status in SENDABLE
+
+
+class SendAnswer(StrEnum):
+    """What the end of one send said, as kept about a send whose claim is no longer the payout's latest."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    UNKNOWN = "unknown"
+    NOT_PROCESSED = "not_processed"
+    RESEND_NOT_TAKEN = "resend_not_taken"
+
+
+class StaleAction(StrEnum):
+    """What a stale sender's answer did: applied (an acceptance, see :func:`stale_answer`) or only kept."""
+
+    APPLIED = "applied"
+    KEPT = "kept"
+
+
+def stale(payout: Payout, attempt: int) -> bool:
+    """Whether the payout was claimed again since the claim ``attempt`` (its ``send_attempts`` then): that
+    claim's sender no longer owns the payout, whatever its send's answer says."""
+    return payout.send_attempts != attempt
+
+
+# Where an acceptance adds what the ledger lacks: no answer yet, or none that says M-PESA has the request.
+_ACCEPTABLE_WHEN_STALE = frozenset({PayoutStatus.RECEIVED, PayoutStatus.SENDING, PayoutStatus.UNKNOWN})
+
+
+def stale_answer(payout: Payout, answer: SendAnswer, conversation_id: str | None = None) -> StaleAction:
+    """A stale sender's answer changes the payout only when it is an acceptance that adds to it.
+
+    Every send of a payout carries its one OriginatorConversationID, so an acceptance says M-PESA has that
+    payment whichever send carried it; M-PESA refuses to pay it twice. Applying it is safe where the payout
+    is still in doubt (``received``, ``sending``, ``unknown``), or ``accepted`` without a ConversationID.
+    A refusal, silence or "not processed" describes only the stale send: the newer claim may be paid, so it
+    never makes the payout ``rejected``, ``unknown`` or ``received``.
+    """
+    if answer is not SendAnswer.ACCEPTED:
+        return StaleAction.KEPT
+    if payout.status in _ACCEPTABLE_WHEN_STALE:
+        return StaleAction.APPLIED
+    missing = payout.status is PayoutStatus.ACCEPTED and payout.conversation_id is None
+    return StaleAction.APPLIED if missing and conversation_id else StaleAction.KEPT
+
+
+def lease_running(payout: Payout, now: datetime, lease_seconds: float) -> bool:
+    """Whether a ``sending`` payout's send may still be running; ``now`` must be on the clock that stamped
+    ``updated_at`` (the database's), or a host whose clock runs ahead would take a live send for dead."""
+    return payout.status is PayoutStatus.SENDING and (now - payout.updated_at).total_seconds() < lease_seconds
 
 
 def cached(code: str | None) -> bool:
