@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from worker.errors import LedgerError
 from worker.ledger import open_ledger
 from worker.ledger.flow_state import BreakerReason, FlowStore
 from worker.settings import Settings
@@ -117,3 +118,12 @@ def test_one_canary_fleet_wide_until_released_or_expired(store: FlowStore) -> No
     assert store.take_canary(KEY, "c2", owner="w2", lease=0.05)
     time.sleep(0.1)
     assert store.take_canary(KEY, "c3", owner="w1", lease=30), "an expired lease is free"
+
+
+def test_an_unknown_breaker_reason_is_an_error_not_a_guess(store: FlowStore) -> None:
+    """A row written by another version must make the breaker hold (safe_tick pauses on LedgerError)."""
+    store.open_breaker(KEY, reason=BreakerReason.FUNDS, code="1", detail="r1", by="w1", next_probe_at=None)
+    with store._db.transaction(write=True) as session:
+        session.run("UPDATE gateway_state SET reason = ? WHERE key = ?", "from_a_newer_version", KEY)
+    with pytest.raises(LedgerError, match="unknown breaker reason 'from_a_newer_version'"):
+        store.breaker(KEY)

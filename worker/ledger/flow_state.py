@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from worker.errors import LedgerError
 from worker.ledger.engine import Row, Session
 from worker.ledger.model import Disposition
 from worker.ledger.transaction import Transactions
@@ -245,7 +246,7 @@ class FlowStore:
         return BreakerRow(
             key=str(row["key"]),
             open=row["state"] == BreakerState.OPEN,
-            reason=None if row["reason"] is None else BreakerReason(row["reason"]),
+            reason=_reason(row),
             code=row["code"],
             detail=row["detail"],
             opened_at=number("opened_at"),
@@ -428,3 +429,14 @@ class FlowStore:
                 "SELECT status FROM payouts WHERE originator_conversation_id = ?", originator_conversation_id
             )
         return None if row is None else str(row["status"])
+
+
+def _reason(row: Row) -> BreakerReason | None:
+    """An unknown reason (written by another version) is an error, so callers hold instead of guessing."""
+    value = row["reason"]
+    if value is None:
+        return None
+    try:
+        return BreakerReason(value)
+    except ValueError:
+        raise LedgerError(f"gateway_state for {row['key']!r} has an unknown breaker reason {value!r}") from None
