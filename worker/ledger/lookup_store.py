@@ -1,6 +1,6 @@
 """The ledger's SQL for looking payouts up: the lookup bookkeeping on each payout row and its status queries.
 
-Rules kept here (the README's "Resolving unknowns" section says the same for operators):
+Rules kept here (the README's "When things go wrong" says the same for operators):
 
 - A lookup is recorded before it is made: a status query's row (with its own, new OriginatorConversationID,
   ``<payout id>_Q<n>``) and the attempt count are committed before the query is sent; a resend first moves
@@ -70,7 +70,7 @@ class Resends(Protocol):
 
 
 class LookupQueue(Resends, Protocol):
-    """What the reconciler needs: claim due payouts, record each lookup before it is made, flag."""
+    """What the lookup runner needs: claim due payouts, record each lookup before it is made, flag."""
 
     def due_for_lookup(
         self, *, unknown_after: float, result_timeout: float, stuck_after: float, lease_seconds: float, limit: int = 50
@@ -103,7 +103,7 @@ class LookupStore:
     def __init__(self, tx: Transactions) -> None:
         self._tx = tx
 
-    # ------------------------------------------------------------------------------ the reconciler
+    # ---------------------------------------------------------------------------- the lookup runner
 
     def due_for_lookup(
         self,
@@ -119,8 +119,8 @@ class LookupStore:
         Due: any payout with a lookup scheduled for now or earlier (after an earlier lookup, a queue timeout,
         a duplicate answer, a held success); ``unknown`` for ``unknown_after`` seconds; ``accepted`` for
         ``result_timeout`` seconds without a result; ``sending`` for ``stuck_after`` seconds after a resend
-        of ours (a reconciler that died mid-resend; no queue message will ever finish it). Flagged payouts
-        are never due. Claiming moves ``next_lookup_at`` past the lease, so concurrent reconcilers (several
+        of ours (a lookup runner that died mid-resend; no queue message will ever finish it). Flagged payouts
+        are never due. Claiming moves ``next_lookup_at`` past the lease, so concurrent lookup runners (several
         workers on one PostgreSQL ledger; ``SKIP LOCKED``) do not pick the same payout.
         """
         with self._tx.write() as work:
@@ -326,7 +326,7 @@ class LookupStore:
 
 
 def lookup_soon(work: Work, payout_id: str, trigger: LookupTrigger) -> None:
-    """Have the payout looked up on the reconciler's next pass (it stays flagged if it is)."""
+    """Have the payout looked up on the lookup runner's next pass (it stays flagged if it is)."""
     work.session.run(
         "UPDATE payouts SET next_lookup_at = ?, lookup_trigger = ? WHERE payout_id = ?",
         work.session.time(work.now),

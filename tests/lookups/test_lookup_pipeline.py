@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from tests.reconcile.conftest import FAST_LOOKUPS, prove_credential, warmup_ocid
+from tests.lookups.conftest import FAST_LOOKUPS, prove_credential, warmup_ocid
 from tests.support.fault_proxy import FaultProxy, all_of, first_payments_of, is_status_query
 from tests.support.pipeline import Harness
 from tests.support.waiting import wait_until
