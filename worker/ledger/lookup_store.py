@@ -22,6 +22,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from worker.errors import RearmRefused
 from worker.ledger import outbox
 from worker.ledger.engine import Row
 from worker.ledger.lookups import (
@@ -45,6 +46,11 @@ _UNKNOWN = str(PayoutStatus.UNKNOWN)
 _ACCEPTED = str(PayoutStatus.ACCEPTED)
 _SENDING = str(PayoutStatus.SENDING)
 _FINAL = tuple(sorted(str(status) for status in FINAL_STATUSES))
+_REARM_REFUSED = {
+    str(PayoutStatus.RECEIVED): "not sent yet; the worker sends it from the command queue, nothing to look up",
+    _SENDING: "a send of it may still be running or was cut off; the lookup runner takes it up when the send"
+    " lease has passed, unless it is flagged: then check it with M-PESA by its OriginatorConversationID",
+}
 _DUE_SQL = (
     "SELECT * FROM payouts WHERE flagged_at IS NULL AND (next_lookup_at IS NULL OR next_lookup_at <= ?) AND ("
     " (status IN (?, ?) AND next_lookup_at IS NOT NULL)"
@@ -280,9 +286,15 @@ class LookupStore:
 
     def rearm_lookup(self, payout_id: str) -> LookupState:
         """An operator's fresh start: unflag, reset the attempt count and time budget, look up now. A resend
-        due from an earlier "no record" answer is cleared: that answer may be old, so a query comes first."""
+        due from an earlier "no record" answer is cleared: that answer may be old, so a query comes first.
+
+        Only for ``unknown`` and ``accepted`` (RearmRefused otherwise, nothing changed): the reset count would
+        take a stuck resend (``sending``) out of every lookup, and the other statuses have nothing to look up.
+        """
         with self._tx.write() as work:
-            lock_row(work, payout_id)
+            status = lock_row(work, payout_id)["status"]
+            if status not in (_UNKNOWN, _ACCEPTED):
+                raise RearmRefused(payout_id, status, _REARM_REFUSED.get(status, "final, nothing to look up"))
             work.session.run(
                 "UPDATE payouts SET flagged_at = NULL, flag_reason = NULL, lookup_attempts = 0, resend_due = ?,"
                 " lookup_started_at = NULL, next_lookup_at = ?, lookup_trigger = ? WHERE payout_id = ?",
