@@ -128,9 +128,23 @@ def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _masked(value: Any) -> Any:
+    """Phone numbers masked in parsed JSON: masking the text would make a number like 254712345678 invalid JSON."""
+    if isinstance(value, str):
+        return mask_msisdns_in_text(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        masked = mask_msisdns_in_text(str(value))
+        return value if masked == str(value) else masked
+    if isinstance(value, dict):
+        return {mask_msisdns_in_text(str(key)): _masked(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_masked(item) for item in value]
+    return value
+
+
 def pending_summary(event: OutboxEvent) -> dict[str, Any]:
-    """An outbox row as ``events pending`` shows it; the payer's metadata may quote a phone number, so masked."""
-    body = json.loads(mask_msisdns_in_text(event.body.decode("utf-8", "replace")))
+    """An outbox row as ``events pending`` shows it; the payer's metadata may hold a phone number, so masked."""
+    body = _masked(json.loads(event.body))
     return {
         "id": event.id,
         "event_id": event.event_id,
