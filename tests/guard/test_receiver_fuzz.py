@@ -15,12 +15,13 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.commands import make_command
 from tests.support.guard import TOKEN, Receiver, count, snapshot
 from tests.support.pipeline import declare
 from worker.amqp.publisher import ConfirmedPublisher
 from worker.events.relay import OutboxRelay
 from worker.ledger import Ledger, open_ledger
-from worker.payouts.models import CommandId, Payout, PayoutCommand, originator_conversation_id
+from worker.payouts.models import Payout, originator_conversation_id
 from worker.protocol.result import build_result_envelope, parse_result_envelope
 from worker.receiver.endpoint import CallbackReceiver
 from worker.settings import Settings
@@ -71,25 +72,13 @@ FUZZ = settings(
 )
 
 
-def _command(payout_id: str, amount: str) -> PayoutCommand:
-    return PayoutCommand(
-        payout_id=payout_id,
-        msisdn="254712345678",
-        amount=Decimal(amount),
-        command=CommandId.BUSINESS_PAYMENT,
-        remarks="fuzz",
-        occasion=None,
-        metadata={},
-    )
-
-
 def _payouts(ledger: Ledger, settings: Settings) -> list[Payout]:
     """One payout in each interesting status: received, accepted (with a ConversationID), completed."""
     made = []
     for n, amount in enumerate(("100.00", "2500.00", "70.50")):
         payout_id = f"p-fuzz-{n}"
         ocid = originator_conversation_id(settings.mpesa.shortcode, settings.mpesa.org_name, payout_id)
-        ledger.payouts.record(_command(payout_id, amount), ocid)
+        ledger.payouts.record(make_command(payout_id, amount, remarks="fuzz", metadata={}), ocid)
         if n >= 1:
             ledger.payouts.claim_send(payout_id, expected_attempts=0)
             ledger.payouts.mark_accepted(payout_id, conversation_id=f"AG_FUZZ_{n}", code="0", description="ok")

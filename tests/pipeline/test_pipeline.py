@@ -6,20 +6,16 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from tests.support import commands
 from tests.support.pipeline import Harness
 from worker.payouts.models import originator_conversation_id
 from worker.simulator import SimulatorOptions
 
 
-def command(n: int, run: str = "p", **extra: object) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "payout_id": f"{run}-{n:04d}",
-        "msisdn": f"0712{n:06d}",
-        "amount": f"{100 + n}.50",
-        "metadata": {"row": n},
-    }
-    body.update(extra)
-    return body
+def command(n: int, run: str = "p", **extra: Any) -> dict[str, Any]:
+    """The support factory's ``n``-th command of ``run``, with 50 cents and its row number as metadata."""
+    fields: dict[str, Any] = {"amount": f"{100 + n}.50", "metadata": {"row": n}, **extra}
+    return commands.command(run, n, **fields)
 
 
 def test_hundred_payouts_then_the_same_hundred_again(harness_factory: Callable[..., Harness]) -> None:

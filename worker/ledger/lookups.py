@@ -56,7 +56,7 @@ class FlagReason(StrEnum):
 
 @dataclass(frozen=True)
 class LookupTask:
-    """A payout due for a lookup, claimed by one reconciler for ``lease_seconds``.
+    """A payout due for a lookup, claimed by one lookup runner for ``lease_seconds``.
 
     ``attempts`` counts the lookups (queries and resends) already made since the payout was (re)armed,
     ``started_at`` is when the first of them was made (None before any).

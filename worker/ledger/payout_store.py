@@ -84,7 +84,7 @@ class Payments(Protocol):
 
 
 class Acceptance(Protocol):
-    """What the reconciler needs after a resend M-PESA took."""
+    """What the lookup runner needs after a resend M-PESA took."""
 
     def mark_accepted(
         self, payout_id: str, *, conversation_id: str | None, code: str | None, description: str | None
@@ -391,7 +391,7 @@ class PayoutStore:
         return counts
 
     def list_payouts(self, status: PayoutStatus | None = None, limit: int = 100) -> list[Payout]:
-        """Least recently changed first: the payouts waiting longest (what a reconciliation sweep wants)."""
+        """Least recently changed first: the payouts waiting longest (what a lookup sweep wants)."""
         where = "" if status is None else " WHERE status = ?"
         params: list[Any] = [] if status is None else [str(PayoutStatus(status))]
         with self._tx.read() as session:

@@ -16,8 +16,8 @@ five keys: ``payout.accepted``, ``payout.rejected``, ``payout.unknown``, ``payou
 ``"duplicate": true`` and the payout's *current* status. A payout that is still ``received`` or ``sending``
 has had no answer from M-PESA yet; for a payer both mean what ``payout.accepted`` means: "we have it, it
 will be paid at most once, wait for completed/failed, nothing to do". So those two statuses route to
-``payout.accepted`` (the event's ``status`` field stays precise). Not ``payout.unknown``: that one asks for
-reconciliation, a false alarm for a payout that simply has not been answered yet.
+``payout.accepted`` (the event's ``status`` field stays precise). Not ``payout.unknown``: that one says the
+money may have moved and is being looked up, a false alarm for a payout that simply has not been answered yet.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.commands import make_command
 from tests.support.ledger import make_result, ocid, result_body
+from worker.errors import RearmRefused, UnknownPayout
 from worker.ledger import (
     ApplyOutcome,
     FlagReason,
@@ -316,6 +317,36 @@ def test_flagged_payouts_rest_until_rearmed(ledger: Ledger) -> None:
     assert not state.flagged_for_review and state.lookup_attempts == 0
     assert due(ledger)[payout_id].trigger is LookupTrigger.MANUAL
     assert ledger.lookups.count_flagged() == 0
+
+
+def stuck_resend(ledger: Ledger) -> str:
+    """A payout ``sending`` after a resend of ours whose process died: only its lookup count makes it due."""
+    payout_id = unknown_payout(ledger)
+    ledger.results.record(*status_answer(query(ledger, payout_id), code="49"))
+    assert ledger.lookups.claim_resend(payout_id, expected_attempts=1, retry_after=0.0) is not None
+    return payout_id
+
+
+def completed_payout(ledger: Ledger) -> str:
+    payout_id = unknown_payout(ledger)
+    ledger.results.record(*make_result(code="0", originator=ocid(payout_id)))
+    return payout_id
+
+
+@pytest.mark.parametrize(
+    ("make", "status"), [(stuck_resend, PayoutStatus.SENDING), (completed_payout, PayoutStatus.COMPLETED)]
+)
+def test_rearm_refuses_a_payout_it_cannot_hand_back(ledger: Ledger, make: Any, status: PayoutStatus) -> None:
+    """Rearming resets the lookup count, and for a stuck resend that count is what keeps it due: rearmed, it
+    would drop out of every lookup and off the review gauge. A final payout has nothing to look up."""
+    payout_id = make(ledger)
+    ledger.lookups.flag_for_review(payout_id, reason=FlagReason.MAX_ATTEMPTS)
+    before = ledger.lookups.lookup_state(payout_id)
+    with pytest.raises(RearmRefused, match=str(status)):
+        ledger.lookups.rearm_lookup(payout_id)
+    assert ledger.lookups.lookup_state(payout_id) == before, "nothing changed"
+    with pytest.raises(UnknownPayout):
+        ledger.lookups.rearm_lookup("nobody")
 
 
 def test_a_final_payout_is_not_counted_as_flagged(ledger: Ledger) -> None:
