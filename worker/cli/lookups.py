@@ -13,7 +13,7 @@ import argparse
 from datetime import datetime
 from typing import Any
 
-from worker.cli.dead import _emit, _ledger, _short, _table
+from worker.cli.output import emit, opened_ledger, short, table
 from worker.errors import UnknownPayout
 from worker.ledger import LookupState, StatusQuery
 from worker.payouts.models import Payout
@@ -85,21 +85,21 @@ def query_summary(query: StatusQuery) -> dict[str, Any]:
 
 
 def cmd_flagged(settings: Settings, args: argparse.Namespace) -> int:
-    with _ledger(settings) as ledger:
+    with opened_ledger(settings) as ledger:
         rows = [lookup_summary(state) for state in ledger.lookups.list_flagged(limit=args.limit)]
         total = ledger.lookups.count_flagged()
 
     def human() -> None:
-        _table(rows, ["payout_id", "status", "flagged_at", "flag_reason", "lookup_attempts", "lookup_started_at"])
+        table(rows, ["payout_id", "status", "flagged_at", "flag_reason", "lookup_attempts", "lookup_started_at"])
         if total > len(rows):
             print(f"{len(rows)} of {total} flagged payout(s) shown (--limit)")
 
-    _emit(args, rows, human)
+    emit(args, rows, human)
     return 0
 
 
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
-    with _ledger(settings) as ledger:
+    with opened_ledger(settings) as ledger:
         payout = ledger.payouts.get(args.payout_id)
         state = ledger.lookups.lookup_state(args.payout_id)
         queries = ledger.lookups.status_queries(args.payout_id)
@@ -117,17 +117,17 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
             for key, item in value[section].items():
                 print(f"  {key + ':':28} {'-' if item is None else item}")
         print("status queries:")
-        _table(
-            [{**row, "answer_desc": _short(row["answer_desc"])} for row in value["status_queries"]],
+        table(
+            [{**row, "answer_desc": short(row["answer_desc"])} for row in value["status_queries"]],
             ["attempt", "sent_at", "trigger", "response_outcome", "answer_code", "verdict", "answer_desc"],
         )
 
-    _emit(args, value, human)
+    emit(args, value, human)
     return 0
 
 
 def cmd_rearm(settings: Settings, args: argparse.Namespace) -> int:
-    with _ledger(settings) as ledger:
+    with opened_ledger(settings) as ledger:
         before = ledger.lookups.lookup_state(args.payout_id)
         state = ledger.lookups.rearm_lookup(args.payout_id)
     value = {"rearmed": lookup_summary(state), "was": None if before is None else lookup_summary(before)}
@@ -145,7 +145,7 @@ def cmd_rearm(settings: Settings, args: argparse.Namespace) -> int:
         if before is not None and before.resend_due:
             print("the resend that was due is cleared: the status query decides whether it is still needed")
 
-    _emit(args, value, human)
+    emit(args, value, human)
     return 0
 
 

@@ -18,11 +18,11 @@ import pika.exceptions
 from worker.amqp.connection import close_quietly, connect
 from worker.amqp.publisher import ConfirmedPublisher
 from worker.amqp.topology import NOT_FOUND, declare_topology
-from worker.cli.dead import _table
+from worker.cli.output import table
 from worker.errors import B2CError, PublishError, PublishFailure, TopologyError
 from worker.events.follow import follow_events
 from worker.ledger import OutboxEvent, open_ledger
-from worker.redact import mask_msisdns_in_text
+from worker.redact import mask_msisdns_in_json
 from worker.settings import AmqpSettings, Settings, redact_url
 
 
@@ -128,23 +128,9 @@ def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _masked(value: Any) -> Any:
-    """Phone numbers masked in parsed JSON: masking the text would make a number like 254712345678 invalid JSON."""
-    if isinstance(value, str):
-        return mask_msisdns_in_text(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        masked = mask_msisdns_in_text(str(value))
-        return value if masked == str(value) else masked
-    if isinstance(value, dict):
-        return {mask_msisdns_in_text(str(key)): _masked(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_masked(item) for item in value]
-    return value
-
-
 def pending_summary(event: OutboxEvent) -> dict[str, Any]:
     """An outbox row as ``events pending`` shows it; the payer's metadata may hold a phone number, so masked."""
-    body = _masked(json.loads(event.body))
+    body = mask_msisdns_in_json(json.loads(event.body))
     return {
         "id": event.id,
         "event_id": event.event_id,
@@ -167,7 +153,7 @@ def cmd_events_pending(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    _table(rows, ["id", "occurred_at", "routing_key", "payout_id", "reason"])
+    table(rows, ["id", "occurred_at", "routing_key", "payout_id", "reason"])
     shown = f"{len(rows)} shown (--limit)" if total > len(rows) else "all shown"
     print(f"{total} event(s) stored and not yet published; {shown}")
     return 0
