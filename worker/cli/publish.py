@@ -16,6 +16,7 @@ from worker.amqp.publisher import ConfirmedPublisher
 from worker.amqp.topology import NOT_FOUND, declare_topology
 from worker.errors import B2CError, PublishError, PublishFailure, TopologyError
 from worker.events.follow import follow_events
+from worker.payouts.models import EVENT_BINDINGS
 from worker.settings import AmqpSettings, Settings, redact_url
 
 
@@ -117,7 +118,8 @@ def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{routing_key:18} {event.get('payout_id')}{flag} {extra}".rstrip(), flush=True)
         return args.count is None or seen < args.count
 
-    follow_events(settings.amqp.url, settings.amqp.events_exchange, show, binding=args.binding, timeout=args.timeout)
+    binding = args.binding or EVENT_BINDINGS
+    follow_events(settings.amqp.url, settings.amqp.events_exchange, show, binding=binding, timeout=args.timeout)
     return 0
 
 
@@ -130,7 +132,11 @@ def add_publish_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("events", help="print payout events as they arrive")
-    p.add_argument("--binding", default="payout.#", help="routing-key pattern (default payout.#)")
+    p.add_argument(
+        "--binding",
+        action="append",
+        help="routing-key pattern, repeatable (default: payout.# and command.#, the refused commands)",
+    )
     p.add_argument("--count", type=int, help="stop after this many events")
     p.add_argument("--timeout", type=float, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="print each event's full JSON")
