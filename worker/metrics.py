@@ -15,6 +15,11 @@ BUILD_INFO = Info("mpesa_b2c_build", "Version of the running mpesa-b2c package")
 
 COMMANDS_RECEIVED = Counter("mpesa_b2c_commands_received_total", "Payout commands taken from the queue")
 COMMANDS_REJECTED = Counter("mpesa_b2c_commands_rejected_total", "Payout commands rejected before any send", ["reason"])
+COMMANDS_REFUSED = Counter(
+    "mpesa_b2c_commands_refused_total",
+    "Payout commands refused for a payout_id already recorded, whose payout stays untouched",
+    ["reason"],
+)
 COMMANDS_DUPLICATE = Counter(
     "mpesa_b2c_commands_duplicate_total", "Payout commands answered from the ledger as duplicates"
 )

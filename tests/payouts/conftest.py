@@ -39,6 +39,11 @@ def event_validator() -> Draft202012Validator:
     return load_validator("payout-event.schema.json")
 
 
+@pytest.fixture(scope="session")
+def refusal_validator() -> Draft202012Validator:
+    return load_validator("command-refused.schema.json")
+
+
 CREATED = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
 
 

@@ -70,9 +70,10 @@ def test_same_id_different_content_is_a_conflict(harness_factory: Callable[..., 
     h.publish([command(1, run="c")])
     h.events.wait_for(lambda e: len(e.of("payout.completed")) == 1, 30, "the first payout")
     h.publish([command(1, run="c", amount="999.00")])
-    h.events.wait_for(lambda e: len(e.of("payout.rejected")) == 1, 30, "the conflict")
-    conflict = h.events.of("payout.rejected")[0]
+    h.events.wait_for(lambda e: len(e.of("command.refused")) == 1, 30, "the conflict")
+    conflict = h.events.of("command.refused")[0]
     assert conflict["reason"] == "idempotency_conflict" and conflict["payout_id"] == "c-0001"
+    assert conflict["recorded_status"] == "completed" and h.events.of("payout.rejected") == []
     assert len(h.payments()) == 1
     assert h.events.of("payout.completed")[0]["amount"] == "101.50"
 

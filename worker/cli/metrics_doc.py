@@ -32,6 +32,7 @@ SET_BY: dict[str, tuple[str, ...]] = {
     "mpesa_b2c_build_info": BOTH,
     "mpesa_b2c_commands_received_total": (WORKER,),
     "mpesa_b2c_commands_rejected_total": (WORKER,),
+    "mpesa_b2c_commands_refused_total": (WORKER,),
     "mpesa_b2c_commands_duplicate_total": (WORKER,),
     "mpesa_b2c_gateway_calls_total": (WORKER,),
     "mpesa_b2c_gateway_call_seconds": (WORKER,),

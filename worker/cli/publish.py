@@ -22,6 +22,7 @@ from worker.cli.output import table
 from worker.errors import B2CError, PublishError, PublishFailure, TopologyError
 from worker.events.follow import follow_events
 from worker.ledger import OutboxEvent, open_ledger
+from worker.payouts.models import EVENT_BINDINGS
 from worker.redact import mask_msisdns_in_json
 from worker.settings import AmqpSettings, Settings, redact_url
 
@@ -124,7 +125,8 @@ def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{routing_key:18} {event.get('payout_id')}{flag} {extra}".rstrip(), flush=True)
         return args.count is None or seen < args.count
 
-    follow_events(settings.amqp.url, settings.amqp.events_exchange, show, binding=args.binding, timeout=args.timeout)
+    binding = args.binding or EVENT_BINDINGS
+    follow_events(settings.amqp.url, settings.amqp.events_exchange, show, binding=binding, timeout=args.timeout)
     return 0
 
 
@@ -170,10 +172,15 @@ def add_publish_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "events",
         help="print payout events as they arrive (or, with pending, those not yet published)",
-        description="Print payout events as they arrive on the events exchange; `events pending` lists "
+        description="Print payout events (and refused commands) as they arrive on the events exchange; "
+        "`events pending` lists "
         "the ones still in the ledger's outbox.",
     )
-    p.add_argument("--binding", default="payout.#", help="routing-key pattern (default payout.#)")
+    p.add_argument(
+        "--binding",
+        action="append",
+        help="routing-key pattern, repeatable (default: payout.# and command.#, the refused commands)",
+    )
     p.add_argument("--count", type=int, help="stop after this many events")
     p.add_argument("--timeout", type=float, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="print each event's full JSON")
