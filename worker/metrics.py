@@ -35,7 +35,9 @@ RESULTS_UNMATCHED = Counter("mpesa_b2c_results_unmatched_total", "Results for no
 RESULTS_CONFLICTING = Counter(
     "mpesa_b2c_results_conflicting_total", "Results contradicting an already final status (not applied)"
 )
-RESULTS_INVALID = Counter("mpesa_b2c_results_invalid_total", "Callback bodies refused as unparsable or unsafe")
+RESULTS_INVALID = Counter(
+    "mpesa_b2c_results_invalid_total", "Callback bodies that could not be parsed (kept in the quarantine, unparsable)"
+)
 RESULTS_QUARANTINED = Counter(
     "mpesa_b2c_results_quarantined_total",
     "Results kept aside unapplied: not matching their payout, or matching none",

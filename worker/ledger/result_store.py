@@ -48,6 +48,8 @@ class ResultIntake(Protocol):
 
     def record_queue_timeout(self, raw: bytes, notice: QueueTimeout) -> QueueTimeoutApplied: ...
 
+    def record_unparsable(self, raw: bytes, detail: str) -> int: ...
+
 
 def store_result(
     work: Work, raw: bytes, result: Result, *, disposition: Disposition, payout: Payout | None, applied: bool, note: str
@@ -190,6 +192,27 @@ class ResultStore:
             )
             work.after_commit.append(metrics.QUEUE_TIMEOUTS.inc)
             return QueueTimeoutApplied(payout, changed, note)
+
+    def record_unparsable(self, raw: bytes, detail: str) -> int:
+        """Keep a callback body that cannot be read as a result, in ``results`` and in the quarantine.
+
+        It may still be a genuine result in a shape we do not know: once it is stored M-PESA can be answered
+        "success", and a human reads it (``mpesa-b2c dead show q:ID``). Nothing is applied. Returns the
+        quarantine id.
+        """
+        note = f"not a readable result: {detail}"
+        with self._tx.write() as work:
+            work.session.run(
+                "INSERT INTO results (received_at, raw, disposition, applied, note) VALUES (?, ?, ?, ?, ?)",
+                work.session.time(work.now),
+                bytes(raw),
+                str(Disposition.UNPARSABLE),
+                False,
+                note[:_NOTE_LENGTH],
+            )
+            return quarantine.insert(
+                work.session, work.now, raw, None, payout_id=None, reason=quarantine.REASON_UNPARSABLE, detail=note
+            )
 
 
 def _apply_result(

@@ -20,6 +20,7 @@ from worker.errors import B2CError, LedgerError, ProtocolError
 from worker.events.relay import OutboxRelay
 from worker.ledger import ApplyOutcome, ResultApplied
 from worker.ledger.outbox import OutboxBacklog
+from worker.ledger.quarantine import REASON_UNPARSABLE
 from worker.ledger.result_store import ResultIntake
 from worker.protocol.codes import RESULT_CODES
 from worker.protocol.response import build_response_envelope
@@ -88,9 +89,7 @@ class CallbackReceiver:
         try:
             result = parse_result_envelope(raw)
         except ProtocolError as exc:
-            metrics.RESULTS_INVALID.inc()
-            log.warning("refused a result body of %d bytes: %s", len(raw), exc)
-            return _plain(start_response, "400 Bad Request", "not a GenericAPIResult\n")
+            return self._unparsable(raw, f"result: {exc}", start_response, _SUCCESS, _INTERNAL_ERROR)
         try:
             applied = self._results.record(raw, result, confirm_success=self._confirm_success)
         except LedgerError:
@@ -100,6 +99,24 @@ class CallbackReceiver:
         if applied.payout is not None:
             self._relay_events(applied.payout.payout_id)
         return _xml(start_response, "200 OK", _SUCCESS)
+
+    def _unparsable(
+        self, raw: bytes, detail: str, start_response: StartResponse, stored: bytes, not_stored: bytes
+    ) -> Iterable[bytes]:
+        """A body on the secret path that we cannot read may still be M-PESA's, in a shape we do not know.
+
+        Kept in the quarantine before the answer, then answered like any stored callback: "success" says we
+        have it, and an error answer would at best get the same bytes again. Only a failed store is an error.
+        """
+        metrics.RESULTS_INVALID.inc()
+        try:
+            entry = self._results.record_unparsable(raw, detail)
+        except LedgerError:
+            log.exception("could not store an unparsable callback body of %d bytes; answering an error", len(raw))
+            return _xml(start_response, "500 Internal Server Error", not_stored)
+        metrics.RESULTS_QUARANTINED.labels(reason=REASON_UNPARSABLE).inc()
+        log.error("unparsable callback body of %d bytes kept as q:%d, not applied: %s", len(raw), entry, detail)
+        return _xml(start_response, "200 OK", stored)
 
     def _count(self, result: Result, applied: ResultApplied) -> None:
         outcome = applied.outcome
@@ -149,9 +166,9 @@ class CallbackReceiver:
         try:
             notice = parse_queue_timeout(raw)
         except ProtocolError as exc:
-            metrics.RESULTS_INVALID.inc()
-            log.warning("refused a queue-timeout body of %d bytes: %s", len(raw), exc)
-            return _plain(start_response, "400 Bad Request", "not a notifyQueueTimeout\n")
+            return self._unparsable(
+                raw, f"queue timeout: {exc}", start_response, _TIMEOUT_SUCCESS, _TIMEOUT_INTERNAL_ERROR
+            )
         log.warning(
             "M-PESA queue timeout for OriginatorConversationID %s: not executed unless a status query says so",
             notice.originator_conversation_id,
