@@ -267,9 +267,22 @@ def _apply_result(
     elif decision.action is ResultAction.LOOK_UP:
         # The id reached M-PESA before (15/41): whatever that first request did decides; look it up.
         lookup_soon(work, payout.payout_id, LookupTrigger.DUPLICATE)
+    note = _flag_success_after_failure(work, payout, decision)
     disposition = _DISPOSITIONS[decision.action]
-    store_result(work, raw, result, disposition=disposition, payout=payout, applied=applied, note=decision.note)
+    store_result(work, raw, result, disposition=disposition, payout=payout, applied=applied, note=note)
     return ResultApplied(ApplyOutcome(disposition), payout, None)
+
+
+def _flag_success_after_failure(work: Work, payout: Payout, decision: policy.ResultDecision) -> str:
+    """Paid, says M-PESA, after the payer was told it was not: paying again under a new id pays twice, so a
+    human must settle it. The result row's note (flagged or not)."""
+    if (
+        decision.action is ResultAction.CONFLICT
+        and decision.target is PayoutStatus.COMPLETED
+        and payout.status in (PayoutStatus.FAILED, PayoutStatus.REJECTED)
+    ):
+        return flag_in(work, payout, FlagReason.SUCCESS_AFTER_FAILURE, decision.note)[2]
+    return decision.note
 
 
 def _finalise(work: Work, payout: Payout, target: PayoutStatus, result: Result) -> Payout:
