@@ -1,8 +1,8 @@
 """The callback receiver: result -> ledger -> events, and only then "success" to M-PESA.
 
 M-PESA may never send a result again once we answered success, so the raw body is committed to the ledger
-before the answer. Publishing the event is attempted right away, but a broker outage does not turn a stored
-result into an error answer: the outbox relay publishes it later.
+before the answer. The answer never waits for the broker: the result's events are in the outbox, and the
+relay is only nudged (:meth:`worker.events.relay.OutboxRelay.nudge`) to publish them from its own thread.
 """
 
 from __future__ import annotations
@@ -157,10 +157,7 @@ class CallbackReceiver:
                     metrics.ACCOUNT_BALANCE.labels(account=account).set(float(value))
 
     def _relay_events(self, payout_id: str) -> None:
-        try:
-            self._relay.flush(payout_id)
-        except B2CError as exc:
-            log.warning("result stored; its events stay in the outbox until the broker is back: %s", exc)
+        self._relay.nudge(payout_id)
 
     def _queue_timeout(self, raw: bytes, start_response: StartResponse) -> Iterable[bytes]:
         try:

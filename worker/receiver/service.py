@@ -25,7 +25,7 @@ class ReceiverService:
         self.relay = relay_for(settings, self.ledger.outbox)
         self.app = CallbackReceiver(settings, self.ledger.results, self.ledger.outbox, self.relay)
         self._background = Background()
-        self._background.every(settings.outbox_interval, self.relay.try_flush_older, "outbox-relay")
+        self.relay.start(settings.outbox_interval)
         self._background.every(
             GAUGE_INTERVAL, lambda: update_ledger_gauges(self.ledger.payouts, self.ledger.outbox), "ledger-gauges"
         )
