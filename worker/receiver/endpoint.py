@@ -25,7 +25,7 @@ from worker.ledger.result_store import ResultIntake
 from worker.protocol.codes import RESULT_CODES
 from worker.protocol.response import build_response_envelope
 from worker.protocol.result import Result, build_queue_timeout_response, parse_queue_timeout, parse_result_envelope
-from worker.receiver.guard import ReceiverGuard
+from worker.receiver.guard import ReceiverGuard, Refusal
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,22 +68,26 @@ class CallbackReceiver:
             return self._health(start_response)
         if not self._guard.source_allowed(environ):
             # Before the path check: an outsider must not learn whether a token guess was right.
-            return _refuse(start_response, "network", "403 Forbidden", "forbidden\n")
+            return _refuse(start_response, Refusal.NETWORK, "403 Forbidden", "forbidden\n")
         route = self._guard.route(path)
         if route in ("result", "queue_timeout"):
             if method != "POST":
-                return _refuse(start_response, "method", "405 Method Not Allowed", "POST only\n")
+                return _refuse(start_response, Refusal.METHOD, "405 Method Not Allowed", "POST only\n")
             body = _read_body(environ, self._max_body)
             if body is None:
                 too_large = f"body over {self._max_body} bytes\n"
-                return _refuse(start_response, "too_large", "413 Content Too Large", too_large)
+                return _refuse(start_response, Refusal.TOO_LARGE, "413 Content Too Large", too_large)
             if "xml" not in environ.get("CONTENT_TYPE", "").lower():
-                return _refuse(start_response, "content_type", "415 Unsupported Media Type", "expected text/xml\n")
+                return _refuse(
+                    start_response, Refusal.CONTENT_TYPE, "415 Unsupported Media Type", "expected text/xml\n"
+                )
             if route == "result":
                 return self._result(body, start_response)
             return self._queue_timeout(body, start_response)
         # A wrong or missing token looks exactly like any unknown path.
-        return _refuse(start_response, "token" if route == "token" else "not_found", "404 Not Found", "not found\n")
+        return _refuse(
+            start_response, Refusal.TOKEN if route == "token" else Refusal.NOT_FOUND, "404 Not Found", "not found\n"
+        )
 
     def _result(self, raw: bytes, start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -207,8 +211,8 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes | None:
     return None if len(body) > limit else body
 
 
-def _refuse(start_response: StartResponse, reason: str, status: str, text: str) -> list[bytes]:
-    metrics.CALLBACKS_REFUSED.labels(reason=reason).inc()
+def _refuse(start_response: StartResponse, reason: Refusal, status: str, text: str) -> list[bytes]:
+    metrics.CALLBACKS_REFUSED.labels(reason=str(reason)).inc()
     return _plain(start_response, status, text)
 
 
