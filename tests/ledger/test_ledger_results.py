@@ -12,6 +12,7 @@ import pytest
 from tests.support.ledger import Database, events, make_result, ocid
 from worker.errors import LedgerError
 from worker.ledger import ApplyOutcome, Ledger, result_store
+from worker.ledger.lookups import FlagReason
 from worker.payouts.models import PayoutStatus
 
 
@@ -161,6 +162,33 @@ def test_completed_result_after_rejection_is_a_conflict(ledger: Ledger, new_payo
     assert failed.outcome is ApplyOutcome.DUPLICATE_FINAL
     stored = ledger.payouts.get(payout_id)
     assert stored is not None and stored.status is PayoutStatus.REJECTED
+
+
+def test_a_success_after_failure_or_rejection_is_flagged_for_review(
+    ledger: Ledger, new_payout: Callable[..., str]
+) -> None:
+    failed_id, rejected_id, completed_id = new_payout(), new_payout(), new_payout()
+    _accepted(ledger, failed_id)
+    ledger.results.record(*make_result(code="2", originator=ocid(failed_id), receipt=None))
+    ledger.payouts.claim_send(rejected_id, expected_attempts=0)
+    ledger.payouts.mark_rejected(rejected_id, reason="mpesa_rejected", code="1", description="no", message="m")
+    _accepted(ledger, completed_id)
+    ledger.results.record(*make_result(code="0", originator=ocid(completed_id)))
+    assert ledger.lookups.list_flagged() == []
+
+    for payout_id in (failed_id, rejected_id):
+        outcome = ledger.results.record(*make_result(code="0", originator=ocid(payout_id)))
+        assert outcome.outcome is ApplyOutcome.CONFLICT
+    # Another receipt on a completed payout conflicts too, but nobody was told "not paid": counted, not flagged.
+    other = ledger.results.record(*make_result(code="0", originator=ocid(completed_id), receipt="SE17ZZZZZZ"))
+    assert other.outcome is ApplyOutcome.CONFLICT
+
+    flagged = ledger.lookups.list_flagged()
+    assert sorted(state.payout_id for state in flagged) == sorted([failed_id, rejected_id])
+    assert {state.flag_reason for state in flagged} == {FlagReason.SUCCESS_AFTER_FAILURE.value}
+    assert {state.status for state in flagged} == {"failed", "rejected"}, "the first final status still wins"
+    state = ledger.lookups.rearm_lookup(failed_id)
+    assert not state.flagged_for_review and [s.payout_id for s in ledger.lookups.list_flagged()] == [rejected_id]
 
 
 def test_unmatched_result_is_kept(ledger: Ledger, database: Database) -> None:

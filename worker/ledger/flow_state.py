@@ -53,7 +53,9 @@ def already_open_for(row: BreakerRow, reason: BreakerReason) -> bool:
 
 # Results that matched nothing, or not what was sent, prove nothing about the account (a forged callback):
 # those dispositions are left out.
-_UNTRUSTED = ", ".join(f"'{d}'" for d in (Disposition.UNMATCHED, Disposition.QUARANTINED, Disposition.ERROR))
+_UNTRUSTED = ", ".join(
+    f"'{d}'" for d in (Disposition.UNMATCHED, Disposition.QUARANTINED, Disposition.ERROR, Disposition.UNPARSABLE)
+)
 _RESULTS_AFTER = (
     "SELECT r.id AS id, r.originator_conversation_id AS ocid, r.result_code AS code,"  # noqa: S608 - enum values
     " r.received_at AS received_at, p.accepted_at AS accepted_at"

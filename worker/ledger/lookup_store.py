@@ -315,12 +315,14 @@ class LookupStore:
         return 0 if row is None else int(row["n"])
 
     def list_flagged(self, limit: int = 100) -> list[LookupState]:
-        """Flagged payouts that are still not final, longest flagged first."""
+        """Flagged payouts that are still not final, and final ones a later success contradicted (those stay
+        flagged until ``rearm_lookup`` clears them), longest flagged first."""
         with self._tx.read() as session:
             rows = session.all(
                 "SELECT * FROM payouts WHERE flagged_at IS NOT NULL"
-                " AND status NOT IN (?, ?, ?) ORDER BY flagged_at, payout_id LIMIT ?",
+                " AND (status NOT IN (?, ?, ?) OR flag_reason = ?) ORDER BY flagged_at, payout_id LIMIT ?",
                 *_FINAL,
+                str(FlagReason.SUCCESS_AFTER_FAILURE),
                 limit,
             )
             return [_state(session.engine, row) for row in rows]

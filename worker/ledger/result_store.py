@@ -48,6 +48,8 @@ class ResultIntake(Protocol):
 
     def record_queue_timeout(self, raw: bytes, notice: QueueTimeout) -> QueueTimeoutApplied: ...
 
+    def record_unparsable(self, raw: bytes, detail: str) -> int: ...
+
 
 def store_result(
     work: Work, raw: bytes, result: Result, *, disposition: Disposition, payout: Payout | None, applied: bool, note: str
@@ -191,6 +193,27 @@ class ResultStore:
             work.after_commit.append(metrics.QUEUE_TIMEOUTS.inc)
             return QueueTimeoutApplied(payout, changed, note)
 
+    def record_unparsable(self, raw: bytes, detail: str) -> int:
+        """Keep a callback body that cannot be read as a result, in ``results`` and in the quarantine.
+
+        It may still be a genuine result in a shape we do not know: once it is stored M-PESA can be answered
+        "success", and a human reads it (``mpesa-b2c dead show q:ID``). Nothing is applied. Returns the
+        quarantine id.
+        """
+        note = f"not a readable result: {detail}"
+        with self._tx.write() as work:
+            work.session.run(
+                "INSERT INTO results (received_at, raw, disposition, applied, note) VALUES (?, ?, ?, ?, ?)",
+                work.session.time(work.now),
+                bytes(raw),
+                str(Disposition.UNPARSABLE),
+                False,
+                note[:_NOTE_LENGTH],
+            )
+            return quarantine.insert(
+                work.session, work.now, raw, None, payout_id=None, reason=quarantine.REASON_UNPARSABLE, detail=note
+            )
+
 
 def _apply_result(
     work: Work, raw: bytes, result: Result, *, verify: bool = True, confirm_success: bool = False
@@ -244,9 +267,22 @@ def _apply_result(
     elif decision.action is ResultAction.LOOK_UP:
         # The id reached M-PESA before (15/41): whatever that first request did decides; look it up.
         lookup_soon(work, payout.payout_id, LookupTrigger.DUPLICATE)
+    note = _flag_success_after_failure(work, payout, decision)
     disposition = _DISPOSITIONS[decision.action]
-    store_result(work, raw, result, disposition=disposition, payout=payout, applied=applied, note=decision.note)
+    store_result(work, raw, result, disposition=disposition, payout=payout, applied=applied, note=note)
     return ResultApplied(ApplyOutcome(disposition), payout, None)
+
+
+def _flag_success_after_failure(work: Work, payout: Payout, decision: policy.ResultDecision) -> str:
+    """Paid, says M-PESA, after the payer was told it was not: paying again under a new id pays twice, so a
+    human must settle it. The result row's note (flagged or not)."""
+    if (
+        decision.action is ResultAction.CONFLICT
+        and decision.target is PayoutStatus.COMPLETED
+        and payout.status in (PayoutStatus.FAILED, PayoutStatus.REJECTED)
+    ):
+        return flag_in(work, payout, FlagReason.SUCCESS_AFTER_FAILURE, decision.note)[2]
+    return decision.note
 
 
 def _finalise(work: Work, payout: Payout, target: PayoutStatus, result: Result) -> Payout:
