@@ -69,6 +69,11 @@ PAYOUTS_BY_STATUS = Gauge("mpesa_b2c_payouts", "Payouts in the ledger by status"
 UNKNOWN_OLDEST_SECONDS = Gauge(
     "mpesa_b2c_unknown_oldest_age_seconds", "Age of the oldest payout in status unknown (0 when none)"
 )
+OLDEST_NONFINAL_SECONDS = Gauge(
+    "mpesa_b2c_oldest_nonfinal_age_seconds",
+    "Time the oldest payout in each non-final status has been in it (0 when none)",
+    ["status"],
+)
 UNKNOWN_SECONDS = Histogram(
     "mpesa_b2c_unknown_duration_seconds",
     "Time a payout spent in status unknown before it was settled",

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.ledger import Database, events, make_result, ocid
 from worker.errors import LedgerError
-from worker.ledger import ApplyOutcome, Ledger, result_store
+from worker.ledger import ApplyOutcome, Ledger, LookupTrigger, result_store
 from worker.ledger.lookups import FlagReason
 from worker.payouts.models import PayoutStatus
 
@@ -234,6 +234,23 @@ def test_non_final_result_on_accepted_payout(
 
     completed = ledger.results.record(*make_result(code="0", originator=ocid(payout_id)))
     assert completed.payout is not None and completed.payout.status is PayoutStatus.COMPLETED
+
+
+def test_not_processed_result_has_an_accepted_payout_looked_up_at_once(
+    ledger: Ledger, database: Database, new_payout: Callable[..., str]
+) -> None:
+    """Issue #11 finding 6: no other result follows a 26, so waiting for one parked the payout."""
+    payout_id = new_payout()
+    _accepted(ledger, payout_id)
+    applied = ledger.results.record(*make_result(code="26", originator=ocid(payout_id), receipt=None))
+    assert applied.outcome is ApplyOutcome.NOT_FINAL
+    assert applied.payout is not None and applied.payout.status is PayoutStatus.ACCEPTED
+    [row] = _stored_results(database)
+    assert not row["applied"] and "looked up now" in row["note"]
+    tasks = ledger.lookups.due_for_lookup(
+        unknown_after=3600.0, result_timeout=3600.0, stuck_after=3600.0, lease_seconds=0.0
+    )
+    assert [(task.payout.payout_id, task.trigger) for task in tasks] == [(payout_id, LookupTrigger.NOT_PROCESSED)]
 
 
 @pytest.mark.parametrize("code", ["17", "15", "26", "49"])

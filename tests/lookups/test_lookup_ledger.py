@@ -394,3 +394,34 @@ def test_a_resend_m_pesa_did_not_process_stays_due(ledger: Ledger) -> None:
     ledger.lookups.resend_not_taken(payout_id, code=None, description="held", not_processed=True, held=True)
     task = due(ledger)[payout_id]
     assert task.action is LookupAction.RESEND and task.attempts == 2, "the held resend was given back"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"Amount": ""}, "amount"),
+        ({"CreditPartyName": "254799999999 - Someone Else"}, "msisdn"),
+    ],
+)
+def test_an_answer_saying_paid_is_matched_like_a_direct_result(
+    ledger: Ledger, changes: dict[str, str], reason: str
+) -> None:
+    """Issue #11 finding 7: quarantined with its body and the payout flagged, never completed."""
+    payout_id = accepted_payout(ledger)
+    params = {**completed_params(payout_id), **changes}
+    applied = ledger.results.record(*status_answer(query(ledger, payout_id, LookupTrigger.MISSING_RESULT), **params))
+    assert (applied.outcome, applied.quarantine_reason) == (ApplyOutcome.QUARANTINED, reason)
+    payout = ledger.payouts.get(payout_id)
+    assert payout is not None and payout.status is PayoutStatus.ACCEPTED
+    assert keys(ledger, payout_id) == ["payout.accepted"]
+    state = ledger.lookups.lookup_state(payout_id)
+    assert state is not None and state.flag_reason == FlagReason.ANSWER_MISMATCH.value
+    assert ledger.lookups.count_flagged() == 1
+    [entry] = ledger.quarantine.entries()
+    assert (entry.payout_id, entry.reason) == (payout_id, reason)
+
+    # An operator who confirmed it with M-PESA releases it: applied without the match check.
+    released = ledger.results.release_quarantined(entry.id, note="confirmed with M-PESA")
+    assert released.payout is not None and released.payout.status is PayoutStatus.COMPLETED
+    assert ledger.quarantine.entries() == []
+    assert ledger.lookups.count_flagged() == 0

@@ -54,6 +54,7 @@ SET_BY: dict[str, tuple[str, ...]] = {
     "mpesa_b2c_account_balance_kes": (RECEIVER,),
     "mpesa_b2c_payouts": BOTH,
     "mpesa_b2c_unknown_oldest_age_seconds": BOTH,
+    "mpesa_b2c_oldest_nonfinal_age_seconds": BOTH,
     "mpesa_b2c_unknown_duration_seconds": BOTH,
     "mpesa_b2c_command_queue_depth": (WORKER,),
     "mpesa_b2c_consumer_prefetch": (WORKER,),

@@ -1,7 +1,7 @@
 """What the ledger answers about looking payouts up: lookup tasks, status queries, queue timeouts.
 
 A payout whose fate is in doubt (``unknown``; ``accepted`` without a result for too long; a cached request
-M-PESA let expire; a duplicate answer; a success held for confirmation) is *looked up*: a
+M-PESA let expire; a duplicate or not-processed result; a success held for confirmation) is *looked up*: a
 ``TransactionStatusQuery`` under a new id of its own, or, once M-PESA says it has no such payment, a resend
 under the payout's **same** OriginatorConversationID. The ledger keeps the bookkeeping (attempts, when the
 next lookup is due, whether a resend is due, the review flag) and every query it was asked to send, before
@@ -24,6 +24,8 @@ class LookupTrigger(StrEnum):
     MISSING_RESULT = "missing_result"
     QUEUE_TIMEOUT = "queue_timeout"
     DUPLICATE = "duplicate"
+    # A not-processed result (26) for an accepted payout: M-PESA will send no other result for it.
+    NOT_PROCESSED = "not_processed"
     CONFIRM_SUCCESS = "confirm_success"
     MANUAL = "manual"
 
