@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support.ledger import Database, events, make_result, ocid
-from worker.errors import LedgerError
+from worker.errors import LedgerError, RearmRefused
 from worker.ledger import ApplyOutcome, Ledger, LookupTrigger, result_store
 from worker.ledger.lookups import FlagReason
 from worker.payouts.models import PayoutStatus
@@ -187,8 +187,21 @@ def test_a_success_after_failure_or_rejection_is_flagged_for_review(
     assert sorted(state.payout_id for state in flagged) == sorted([failed_id, rejected_id])
     assert {state.flag_reason for state in flagged} == {FlagReason.SUCCESS_AFTER_FAILURE.value}
     assert {state.status for state in flagged} == {"failed", "rejected"}, "the first final status still wins"
-    state = ledger.lookups.rearm_lookup(failed_id)
+    with pytest.raises(RearmRefused, match="final, nothing to look up"):
+        ledger.lookups.rearm_lookup(failed_id)
+    state = ledger.lookups.clear_flag(failed_id)
     assert not state.flagged_for_review and [s.payout_id for s in ledger.lookups.list_flagged()] == [rejected_id]
+    with pytest.raises(RearmRefused, match="not flagged"):
+        ledger.lookups.clear_flag(failed_id)
+
+
+def test_only_a_final_payout_can_have_its_flag_cleared(ledger: Ledger, new_payout: Callable[..., str]) -> None:
+    payout_id = new_payout()
+    _accepted(ledger, payout_id)
+    assert ledger.lookups.flag_for_review(payout_id, reason=FlagReason.MAX_ATTEMPTS)
+    with pytest.raises(RearmRefused, match="not final: rearm it"):
+        ledger.lookups.clear_flag(payout_id)
+    assert [state.payout_id for state in ledger.lookups.list_flagged()] == [payout_id]
 
 
 def test_unmatched_result_is_kept(ledger: Ledger, database: Database) -> None:

@@ -125,6 +125,23 @@ def test_an_unknown_id_and_a_final_payout_are_refused(
     assert as_json(settings, capsys, "lookups", "show", "l-final")["lookup"]["flag_reason"] == "max_attempts"
 
 
+def test_a_final_payout_a_human_reviewed_is_cleared_and_a_live_one_is_not(
+    settings: Settings, ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ocid = unknown_payout(ledger, settings, "l-paid")
+    ledger.lookups.flag_for_review("l-paid", reason=FlagReason.MAX_ATTEMPTS)
+    ledger.results.record(*make_result(code="0", originator=ocid))
+    unknown_payout(ledger, settings, "l-live")
+    ledger.lookups.flag_for_review("l-live", reason=FlagReason.MAX_ATTEMPTS)
+    with pytest.raises(RearmRefused, match="not final"):
+        cli(settings, capsys, "lookups", "clear", "l-live")
+    code, out = cli(settings, capsys, "lookups", "clear", "l-paid")
+    assert code == 0 and "l-paid (completed): its review flag (max_attempts) cleared" in out
+    assert as_json(settings, capsys, "lookups", "show", "l-paid")["lookup"]["flag_reason"] is None
+    live = ledger.lookups.lookup_state("l-live")
+    assert live is not None and live.flagged_for_review
+
+
 def test_pending_events_are_the_outbox_not_yet_published(
     settings: Settings, ledger: Ledger, capsys: pytest.CaptureFixture[str]
 ) -> None:

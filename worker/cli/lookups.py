@@ -149,6 +149,20 @@ def cmd_rearm(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clear(settings: Settings, args: argparse.Namespace) -> int:
+    with opened_ledger(settings) as ledger:
+        before = ledger.lookups.lookup_state(args.payout_id)
+        state = ledger.lookups.clear_flag(args.payout_id)
+    value = {"cleared": lookup_summary(state), "was": None if before is None else lookup_summary(before)}
+
+    def human() -> None:
+        reason = before.flag_reason if before is not None else None
+        print(f"payout {state.payout_id} ({state.status}): its review flag ({reason}) cleared")
+
+    emit(args, value, human)
+    return 0
+
+
 def add_lookups_parser(sub: Any) -> None:
     """The ``lookups`` role and its actions, for :func:`worker.cli.main.build_parser`."""
     parser = sub.add_parser(
@@ -180,3 +194,11 @@ def add_lookups_parser(sub: Any) -> None:
     )
     p.add_argument("payout_id", metavar="PAYOUT_ID", help="the payer's payout_id")
     p.set_defaults(func=cmd_rearm)
+
+    p = action(
+        "clear",
+        "unflag a final payout a human has reviewed (e.g. a success result that came after its failure, "
+        "checked with M-PESA); a payout that is not final is refused: rearm it instead",
+    )
+    p.add_argument("payout_id", metavar="PAYOUT_ID", help="the payer's payout_id")
+    p.set_defaults(func=cmd_clear)

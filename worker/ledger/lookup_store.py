@@ -305,6 +305,22 @@ class LookupStore:
             )
             return _state(work.session.engine, lock_row(work, payout_id))
 
+    def clear_flag(self, payout_id: str) -> LookupState:
+        """A human reviewed a flagged *final* payout (e.g. a success that came after its failure): unflag it.
+
+        Only for final payouts (RearmRefused otherwise): a non-final one unflagged without a fresh lookup
+        budget would wait with nobody looking at it; ``rearm_lookup`` is for those.
+        """
+        with self._tx.write() as work:
+            row = lock_row(work, payout_id)
+            status = row["status"]
+            if status not in _FINAL:
+                raise RearmRefused(payout_id, status, "not final: rearm it, so the lookup runner takes it up again")
+            if row["flagged_at"] is None:
+                raise RearmRefused(payout_id, status, "not flagged, nothing to clear")
+            work.session.run("UPDATE payouts SET flagged_at = NULL, flag_reason = NULL WHERE payout_id = ?", payout_id)
+            return _state(work.session.engine, lock_row(work, payout_id))
+
     def count_flagged(self) -> int:
         """Payouts flagged for review that are still not final (what the alert gauge shows)."""
         with self._tx.read() as session:
@@ -316,7 +332,7 @@ class LookupStore:
 
     def list_flagged(self, limit: int = 100) -> list[LookupState]:
         """Flagged payouts that are still not final, and final ones a later success contradicted (those stay
-        flagged until ``rearm_lookup`` clears them), longest flagged first."""
+        flagged until a human clears them, ``clear_flag``), longest flagged first."""
         with self._tx.read() as session:
             rows = session.all(
                 "SELECT * FROM payouts WHERE flagged_at IS NOT NULL"

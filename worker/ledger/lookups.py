@@ -55,7 +55,7 @@ class FlagReason(StrEnum):
     ANSWER_MISMATCH = "answer_mismatch"
     CONFIRMATION_CONTRADICTED = "confirmation_contradicted"
     # A success result on a payout already failed or rejected: the payer was told "not paid", M-PESA says paid.
-    # The payout is final, so it stays listed (list_flagged) until a human has settled it.
+    # The payout is final, so it stays listed (list_flagged) until a human has settled it (`mpesa-b2c lookups clear`).
     SUCCESS_AFTER_FAILURE = "success_after_failure"
 
 
