@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 
+from worker.cli.dead import DeadMessage
 from worker.logs import ScrubFilter, register_secret, scrub
+from worker.redact import mask_msisdns_in_json
 
 
 def test_scrub_masks_numbers_in_every_spelling() -> None:
@@ -37,3 +40,27 @@ def test_filter_scrubs_message_arguments_and_tracebacks(caplog: pytest.LogCaptur
     assert "very-secret-sp-password" not in output
     assert "711223344" not in output and "11223344" not in output
     assert "2547******44" in output
+
+
+def test_numbers_in_parsed_json_are_masked_and_it_stays_json() -> None:
+    value = {"msisdn": 254712345678, "note": "call 0712345678", "254712345678": [True, 3, 254112345678]}
+    masked = mask_msisdns_in_json(value)
+    assert masked == {"msisdn": "2547******78", "note": "call 07******78", "2547******78": [True, 3, "2541******78"]}
+    assert json.loads(json.dumps(masked)) == masked
+
+
+def test_dead_message_details_mask_a_phone_number_held_as_a_json_number() -> None:
+    message = DeadMessage(
+        id="1",
+        body=b'{"msisdn": "254712345678"}',
+        headers={"x-note": 254712345678},
+        message_id=None,
+        timestamp=None,
+        reason="invalid",
+        message="bad",
+        source_queue=None,
+        dead_at=None,
+    )
+    details = message.details(raw=False)
+    assert details["headers"] == {"x-note": "2547******78"}
+    assert "254712345678" not in json.dumps(details)

@@ -64,6 +64,15 @@ class TransitionRefused(LedgerError):
         self.target = target
 
 
+class RearmRefused(LedgerError):
+    """The payout cannot be handed back to the lookup runner in its status; ``why`` says what to do instead."""
+
+    def __init__(self, payout_id: str, status: str, why: str) -> None:
+        super().__init__(f"payout {payout_id!r} is {status}: {why}")
+        self.payout_id = payout_id
+        self.status = status
+
+
 class PublishFailure(StrEnum):
     """Why a publish failed: callers decide by it whether the message was refused or the broker was lost."""
 

@@ -6,6 +6,9 @@ The simulator keeps its own registry (see ``worker.simulator``) so that it stays
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Mapping
+
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
@@ -15,6 +18,11 @@ BUILD_INFO = Info("mpesa_b2c_build", "Version of the running mpesa-b2c package")
 
 COMMANDS_RECEIVED = Counter("mpesa_b2c_commands_received_total", "Payout commands taken from the queue")
 COMMANDS_REJECTED = Counter("mpesa_b2c_commands_rejected_total", "Payout commands rejected before any send", ["reason"])
+COMMANDS_REFUSED = Counter(
+    "mpesa_b2c_commands_refused_total",
+    "Payout commands refused for a payout_id already recorded, whose payout stays untouched",
+    ["reason"],
+)
 COMMANDS_DUPLICATE = Counter(
     "mpesa_b2c_commands_duplicate_total", "Payout commands answered from the ledger as duplicates"
 )
@@ -35,7 +43,9 @@ RESULTS_UNMATCHED = Counter("mpesa_b2c_results_unmatched_total", "Results for no
 RESULTS_CONFLICTING = Counter(
     "mpesa_b2c_results_conflicting_total", "Results contradicting an already final status (not applied)"
 )
-RESULTS_INVALID = Counter("mpesa_b2c_results_invalid_total", "Callback bodies refused as unparsable or unsafe")
+RESULTS_INVALID = Counter(
+    "mpesa_b2c_results_invalid_total", "Callback bodies that could not be parsed (kept in the quarantine, unparsable)"
+)
 RESULTS_QUARANTINED = Counter(
     "mpesa_b2c_results_quarantined_total",
     "Results kept aside unapplied: not matching their payout, or matching none",
@@ -58,6 +68,11 @@ ACCOUNT_BALANCE = Gauge("mpesa_b2c_account_balance_kes", "Account balances as la
 PAYOUTS_BY_STATUS = Gauge("mpesa_b2c_payouts", "Payouts in the ledger by status", ["status"])
 UNKNOWN_OLDEST_SECONDS = Gauge(
     "mpesa_b2c_unknown_oldest_age_seconds", "Age of the oldest payout in status unknown (0 when none)"
+)
+OLDEST_NONFINAL_SECONDS = Gauge(
+    "mpesa_b2c_oldest_nonfinal_age_seconds",
+    "Time the oldest payout in each non-final status has been in it (0 when none)",
+    ["status"],
 )
 UNKNOWN_SECONDS = Histogram(
     "mpesa_b2c_unknown_duration_seconds",
@@ -125,3 +140,26 @@ RATE_LIMIT_ADJUSTMENTS = Counter(
     "Changes of the effective rate: down on a throttling answer, up on an accepted request",
     ["direction"],
 )
+
+
+BoundedSeries = Mapping[Counter | Histogram, Iterable[Mapping[str, str]]]
+
+
+def every(**values: Iterable[str]) -> list[dict[str, str]]:
+    """Every combination of the given label values, for :func:`start_at_zero`."""
+    names = list(values)
+    return [
+        dict(zip(names, combo, strict=True)) for combo in itertools.product(*(map(str, v) for v in values.values()))
+    ]
+
+
+def start_at_zero(series: BoundedSeries) -> None:
+    """Create every series of a closed label set at 0 when a process starts.
+
+    A labelled series exists only from its first increment, so it is born at 1 and ``rate()``/``increase()``
+    never see that first dead letter or rejection. Counters and histograms only: a gauge at 0 would be a claim
+    (a balance of 0 KES), not an absence of events.
+    """
+    for metric, label_sets in series.items():
+        for labels in label_sets:
+            metric.labels(**labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import socket
 import subprocess
 from collections.abc import Callable
@@ -12,8 +13,9 @@ from typing import Any
 import pytest
 
 from tests.support.broker import Broker
+from tests.support.waiting import wait_until
 from worker.amqp.connection import connect
-from worker.amqp.topology import declare_topology, queue_depth
+from worker.amqp.topology import COMMAND_QUEUE_POLICY, command_queue_policy_argv, declare_topology, queue_depth
 from worker.errors import B2CError, BrokerUnavailable, TopologyError
 from worker.settings import AmqpSettings
 
@@ -101,3 +103,35 @@ def test_queue_depth_counts_ready_messages_and_refuses_a_missing_queue(
     assert queue_depth(broker.channel, queue) == 3
     with pytest.raises(TopologyError, match="does not exist"):
         queue_depth(broker.channel, names("missing"))
+
+
+def _effective_policy(name: str) -> Any:
+    """The policy in force on a queue and its definition (RabbitMQ 3.10's list_queues has no definition column)."""
+
+    def listing(*argv: str) -> Any:
+        run = subprocess.run(
+            ["rabbitmqctl", *argv, "-q", "--formatter", "json"], capture_output=True, text=True, check=True, timeout=30
+        )
+        return json.loads(run.stdout)
+
+    policy = {row["name"]: row for row in listing("list_queues", "name", "policy")}[name]["policy"]
+    definitions = {row["name"]: json.loads(row["definition"]) for row in listing("list_policies")}
+    return policy or None, definitions.get(policy)
+
+
+def test_the_documented_policy_makes_an_existing_command_queue_dead_letter_at_least_once(
+    broker: Broker, amqp_settings: AmqpSettings
+) -> None:
+    """Declared first with the arguments it always had (an existing deployment), then given the policy."""
+    declare_topology(broker.channel, amqp_settings)
+    policy = "test-" + amqp_settings.command_queue
+    argv = command_queue_policy_argv(amqp_settings, name=policy)
+    assert argv[-2] == "^" + re.escape(amqp_settings.command_queue) + "$", "matches the test's command queue only"
+    subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30)
+    try:
+        wanted = (policy, COMMAND_QUEUE_POLICY)
+        wait_until(lambda: _effective_policy(amqp_settings.command_queue) == wanted, 10, "the policy applied")
+        assert _effective_policy(amqp_settings.dead_queue) == (None, None), "the dead queue is left alone"
+        declare_topology(broker.channel, amqp_settings)  # the worker's declaration still agrees with the queue
+    finally:
+        subprocess.run(["rabbitmqctl", "clear_policy", policy], capture_output=True, check=False, timeout=30)

@@ -2,7 +2,7 @@
 
 The simulator retries a callback that got no 2xx answer (``callback_attempts``, doubling ``callback_backoff``).
 Real M-PESA may not (PROTOCOL.md §3: never rely on it): a result whose deliveries all fail leaves its payout
-``accepted`` — never ``failed`` — until a status query looks it up (the reconciler of issue 4). The second
+``accepted`` — never ``failed`` — until a status query looks it up (the lookup runner of issue 4). The second
 test pins that down.
 """
 

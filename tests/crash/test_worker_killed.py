@@ -58,7 +58,7 @@ def test_resend_of_a_paid_payout_is_answered_15_and_the_payout_still_completes(
     result cannot be delivered yet. After the send lease (here 1 + 0.5 + 0.5 + 5 = 7 s) the next worker
     resends with the same OriginatorConversationID; M-PESA refuses a second payment (result 15, not an
     outcome) and the payout must still end completed: through the original result once its receiver is
-    back, or through the status query the worker's reconciler sends for a duplicate answer (which is what
+    back, or through the status query the worker's lookup runner sends for a duplicate answer (which is what
     happens today: the original result names the first request's ConversationID while the ledger holds the
     resend's, so the receiver quarantines it instead of applying it).
 

@@ -25,6 +25,7 @@ import pika
 import psycopg
 import requests
 
+from tests.support.commands import command
 from tests.support.flow import breaker, queued
 from tests.support.pipeline import EventLog, declare
 from tests.support.services import POSTGRES_ADMIN_URL, RABBITMQ_URL
@@ -187,11 +188,7 @@ def group_stack(make_settings: Callable[..., Settings], env: dict[str, str]) -> 
 
 
 def commands(batch: Batch, tag: str) -> list[dict[str, Any]]:
-    made = []
-    for n in range(batch.count):
-        msisdn = batch.msisdn or f"0712{n:06d}"
-        made.append({"payout_id": f"{tag}-{batch.scenario}-{n:03d}", "msisdn": msisdn, "amount": f"{100 + n}.00"})
-    return made
+    return [command(f"{tag}-{batch.scenario}", n, batch.msisdn, digits=3) for n in range(batch.count)]
 
 
 def publish(stack: LocalStack, cmds: list[dict[str, Any]]) -> None:

@@ -15,12 +15,13 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.commands import make_command
 from tests.support.guard import TOKEN, Receiver, count, snapshot
 from tests.support.pipeline import declare
 from worker.amqp.publisher import ConfirmedPublisher
 from worker.events.relay import OutboxRelay
 from worker.ledger import Ledger, open_ledger
-from worker.payouts.models import CommandId, Payout, PayoutCommand, originator_conversation_id
+from worker.payouts.models import Payout, originator_conversation_id
 from worker.protocol.result import build_result_envelope, parse_result_envelope
 from worker.receiver.endpoint import CallbackReceiver
 from worker.settings import Settings
@@ -71,25 +72,13 @@ FUZZ = settings(
 )
 
 
-def _command(payout_id: str, amount: str) -> PayoutCommand:
-    return PayoutCommand(
-        payout_id=payout_id,
-        msisdn="254712345678",
-        amount=Decimal(amount),
-        command=CommandId.BUSINESS_PAYMENT,
-        remarks="fuzz",
-        occasion=None,
-        metadata={},
-    )
-
-
 def _payouts(ledger: Ledger, settings: Settings) -> list[Payout]:
     """One payout in each interesting status: received, accepted (with a ConversationID), completed."""
     made = []
     for n, amount in enumerate(("100.00", "2500.00", "70.50")):
         payout_id = f"p-fuzz-{n}"
         ocid = originator_conversation_id(settings.mpesa.shortcode, settings.mpesa.org_name, payout_id)
-        ledger.payouts.record(_command(payout_id, amount), ocid)
+        ledger.payouts.record(make_command(payout_id, amount, remarks="fuzz", metadata={}), ocid)
         if n >= 1:
             ledger.payouts.claim_send(payout_id, expected_attempts=0)
             ledger.payouts.mark_accepted(payout_id, conversation_id=f"AG_FUZZ_{n}", code="0", description="ok")
@@ -244,15 +233,17 @@ def test_hostile_bodies_never_crash_and_never_change_a_payout(
 def test_a_truncated_inner_declaration_is_refused_not_a_crash(
     app: tuple[CallbackReceiver, Ledger, Settings, list[Payout]],
 ) -> None:
-    """Found by the fuzzer: a CDATA document that starts ``<?xml`` and never closes the declaration."""
-    receiver = app[0]
+    """Found by the fuzzer: a CDATA document that starts ``<?xml`` and never closes the declaration. Kept in the
+    quarantine (reason ``unparsable``) and answered as stored, like every unreadable body on the secret path."""
+    receiver, ledger = app[0], app[1]
     body = (
         b'<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>'
         b'<res:ResultMsg xmlns:res="http://api-v1.gen.mm.vodafone.com/mminterface/result"><![CDATA[<?xml]]>'
         b"</res:ResultMsg></soapenv:Body></soapenv:Envelope>"
     )
-    status, _ = call(receiver, receiver.result_path, body, "text/xml")
-    assert status.startswith("400")
+    status, answer = call(receiver, receiver.result_path, body, "text/xml")
+    assert status.startswith("200") and SUCCESS in answer
+    assert [(entry.reason, entry.raw) for entry in ledger.quarantine.entries()][-1] == ("unparsable", body)
 
 
 def test_hostile_bodies_over_real_http(receiver_factory: Callable[..., Receiver]) -> None:

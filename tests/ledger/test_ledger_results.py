@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from tests.support.ledger import Database, events, make_result, ocid
-from worker.errors import LedgerError
-from worker.ledger import ApplyOutcome, Ledger, result_store
+from worker.errors import LedgerError, RearmRefused
+from worker.ledger import ApplyOutcome, Ledger, LookupTrigger, result_store
+from worker.ledger.lookups import FlagReason
 from worker.payouts.models import PayoutStatus
 
 
@@ -163,6 +164,46 @@ def test_completed_result_after_rejection_is_a_conflict(ledger: Ledger, new_payo
     assert stored is not None and stored.status is PayoutStatus.REJECTED
 
 
+def test_a_success_after_failure_or_rejection_is_flagged_for_review(
+    ledger: Ledger, new_payout: Callable[..., str]
+) -> None:
+    failed_id, rejected_id, completed_id = new_payout(), new_payout(), new_payout()
+    _accepted(ledger, failed_id)
+    ledger.results.record(*make_result(code="2", originator=ocid(failed_id), receipt=None))
+    ledger.payouts.claim_send(rejected_id, expected_attempts=0)
+    ledger.payouts.mark_rejected(rejected_id, reason="mpesa_rejected", code="1", description="no", message="m")
+    _accepted(ledger, completed_id)
+    ledger.results.record(*make_result(code="0", originator=ocid(completed_id)))
+    assert ledger.lookups.list_flagged() == []
+
+    for payout_id in (failed_id, rejected_id):
+        outcome = ledger.results.record(*make_result(code="0", originator=ocid(payout_id)))
+        assert outcome.outcome is ApplyOutcome.CONFLICT
+    # Another receipt on a completed payout conflicts too, but nobody was told "not paid": counted, not flagged.
+    other = ledger.results.record(*make_result(code="0", originator=ocid(completed_id), receipt="SE17ZZZZZZ"))
+    assert other.outcome is ApplyOutcome.CONFLICT
+
+    flagged = ledger.lookups.list_flagged()
+    assert sorted(state.payout_id for state in flagged) == sorted([failed_id, rejected_id])
+    assert {state.flag_reason for state in flagged} == {FlagReason.SUCCESS_AFTER_FAILURE.value}
+    assert {state.status for state in flagged} == {"failed", "rejected"}, "the first final status still wins"
+    with pytest.raises(RearmRefused, match="final, nothing to look up"):
+        ledger.lookups.rearm_lookup(failed_id)
+    state = ledger.lookups.clear_flag(failed_id)
+    assert not state.flagged_for_review and [s.payout_id for s in ledger.lookups.list_flagged()] == [rejected_id]
+    with pytest.raises(RearmRefused, match="not flagged"):
+        ledger.lookups.clear_flag(failed_id)
+
+
+def test_only_a_final_payout_can_have_its_flag_cleared(ledger: Ledger, new_payout: Callable[..., str]) -> None:
+    payout_id = new_payout()
+    _accepted(ledger, payout_id)
+    assert ledger.lookups.flag_for_review(payout_id, reason=FlagReason.MAX_ATTEMPTS)
+    with pytest.raises(RearmRefused, match="not final: rearm it"):
+        ledger.lookups.clear_flag(payout_id)
+    assert [state.payout_id for state in ledger.lookups.list_flagged()] == [payout_id]
+
+
 def test_unmatched_result_is_kept(ledger: Ledger, database: Database) -> None:
     raw, result = make_result(code="0", originator="600000_other_abc", conversation_id="AG_unknown")
     applied = ledger.results.record(raw, result)
@@ -206,6 +247,23 @@ def test_non_final_result_on_accepted_payout(
 
     completed = ledger.results.record(*make_result(code="0", originator=ocid(payout_id)))
     assert completed.payout is not None and completed.payout.status is PayoutStatus.COMPLETED
+
+
+def test_not_processed_result_has_an_accepted_payout_looked_up_at_once(
+    ledger: Ledger, database: Database, new_payout: Callable[..., str]
+) -> None:
+    """Issue #11 finding 6: no other result follows a 26, so waiting for one parked the payout."""
+    payout_id = new_payout()
+    _accepted(ledger, payout_id)
+    applied = ledger.results.record(*make_result(code="26", originator=ocid(payout_id), receipt=None))
+    assert applied.outcome is ApplyOutcome.NOT_FINAL
+    assert applied.payout is not None and applied.payout.status is PayoutStatus.ACCEPTED
+    [row] = _stored_results(database)
+    assert not row["applied"] and "looked up now" in row["note"]
+    tasks = ledger.lookups.due_for_lookup(
+        unknown_after=3600.0, result_timeout=3600.0, stuck_after=3600.0, lease_seconds=0.0
+    )
+    assert [(task.payout.payout_id, task.trigger) for task in tasks] == [(payout_id, LookupTrigger.NOT_PROCESSED)]
 
 
 @pytest.mark.parametrize("code", ["17", "15", "26", "49"])

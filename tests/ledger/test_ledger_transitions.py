@@ -77,12 +77,13 @@ def test_same_payout_id_with_other_content_is_a_conflict_leaving_the_original(le
     stored = ledger.payouts.get(original.payout_id)
     assert stored is not None and stored.command == original and stored.status is PayoutStatus.RECEIVED
     [(key, event)] = events(ledger)
-    assert key == "payout.rejected"
+    assert key == "command.refused"
     assert event["reason"] == "idempotency_conflict"
     assert event["payout_id"] == original.payout_id
-    assert event["amount"] == "200.00"
-    assert event["metadata"] == {"order": 43}
-    assert event["duplicate"] is False
+    assert event["recorded_status"] == "received"
+    assert event["refused_command"]["amount"] == "200.00"
+    assert event["refused_command"]["metadata"] == {"order": 43}
+    assert "status" not in event and "duplicate" not in event
 
 
 def test_originator_id_of_another_payout_is_refused(ledger: Ledger) -> None:
@@ -246,6 +247,39 @@ def test_record_invalid_keeps_the_raw_command(ledger: Ledger, database: Database
         ("payout.rejected", None, "invalid_command", "$: not JSON"),
         ("payout.rejected", "p-9", "invalid_command", "msisdn"),
     ]
+
+
+def test_an_invalid_command_for_a_recorded_payout_is_refused_not_rejected(
+    ledger: Ledger, database: Database, new_payout: Callable[..., str]
+) -> None:
+    payout_id = new_payout()
+    ledger.payouts.claim_send(payout_id, expected_attempts=0)
+    accepted = ledger.payouts.mark_accepted(payout_id, conversation_id="AG", code="0", description="ok")
+    before = events(ledger)
+
+    raw = b'{"payout_id": "%s", "msisdn": "12345"}' % payout_id.encode()
+    recorded = ledger.payouts.record_invalid(raw, payout_id=payout_id, reason="invalid_command", message="msisdn")
+
+    assert recorded == accepted and ledger.payouts.get(payout_id) == accepted
+    [(key, event)] = events(ledger)[len(before) :]
+    assert key == "command.refused"
+    assert (event["payout_id"], event["reason"], event["recorded_status"]) == (payout_id, "invalid_command", "accepted")
+    assert event["refused_command"] is None and "status" not in event
+    rows = database.query("SELECT raw, payout_id FROM invalid_commands")
+    assert [(bytes(row["raw"]), row["payout_id"]) for row in rows] == [(raw, payout_id)]
+
+
+def test_a_row_fingerprinted_by_the_older_rule_still_knows_its_repeats(ledger: Ledger, database: Database) -> None:
+    command = make_command(metadata={"n": Decimal("1.0")})
+    ledger.payouts.record(command, ocid(command.payout_id))
+    database.execute("UPDATE payouts SET fingerprint = ? WHERE payout_id = ?", "as-spelt-before", command.payout_id)
+
+    again = ledger.payouts.record(
+        make_command(command.payout_id, metadata={"n": Decimal("1")}), ocid(command.payout_id)
+    )
+
+    assert again.outcome is RecordOutcome.DUPLICATE
+    assert events(ledger) == []
 
 
 def test_queries(ledger: Ledger, new_payout: Callable[..., str]) -> None:

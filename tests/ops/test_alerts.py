@@ -28,6 +28,8 @@ REQUIRED = {
     "MpesaB2CComponentDown": {"up"},
     "MpesaB2CResultsQuarantined": {"mpesa_b2c_results_quarantined_total"},
     "MpesaB2CResultConflict": {"mpesa_b2c_results_conflicting_total"},
+    "MpesaB2CPayoutStuck": {"mpesa_b2c_oldest_nonfinal_age_seconds"},
+    "MpesaB2CPayoutsFlaggedForReview": {"mpesa_b2c_payouts_flagged_for_review"},
 }
 
 
@@ -58,6 +60,9 @@ def test_every_required_alert_exists_and_watches_its_metric() -> None:
     utility = found["MpesaB2CUtilityBalanceLow"]["expr"]
     assert 'account="utility"' in utility
     assert 'status="accepted"' in found["MpesaB2CResultsStopped"]["expr"]
+    stuck = found["MpesaB2CPayoutStuck"]["expr"]
+    assert all(f'status="{status}"' in stuck for status in ("received", "sending", "accepted"))
+    assert 'status="unknown"' not in stuck, "unknown is MpesaB2CUnknownPayoutsStale's"
 
 
 def test_every_alert_is_unit_tested_both_firing_and_quiet() -> None:

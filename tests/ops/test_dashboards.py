@@ -38,6 +38,8 @@ OVERVIEW_NEEDS = {
     "mpesa_b2c_paid_kes_total",
     "mpesa_b2c_failed_kes_total",
     "mpesa_b2c_unknown_duration_seconds_bucket",  # time spent unknown
+    "mpesa_b2c_oldest_nonfinal_age_seconds",  # how long each non-final status has held a payout
+    "mpesa_b2c_payouts_flagged_for_review",  # payouts waiting for a human
 }
 GATEWAY_NEEDS = {
     "mpesa_b2c_gateway_calls_total",

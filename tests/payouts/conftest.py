@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from tests.support import commands
 from worker.payouts.models import (
     Payout,
     PayoutCommand,
@@ -38,18 +39,18 @@ def event_validator() -> Draft202012Validator:
     return load_validator("payout-event.schema.json")
 
 
+@pytest.fixture(scope="session")
+def refusal_validator() -> Draft202012Validator:
+    return load_validator("command-refused.schema.json")
+
+
 CREATED = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
 
 
 def _make_command(**changes: Any) -> PayoutCommand:
-    fields: dict[str, Any] = {
-        "payout_id": "inv-42",
-        "msisdn": "254712345678",
-        "amount": Decimal("1500.00"),
-        "metadata": {"order": Decimal("42")},
-    }
-    fields.update(changes)
-    return PayoutCommand(**fields)
+    # A fixed id, and metadata as the worker reads JSON (fractions and all as Decimal).
+    fields: dict[str, Any] = {"payout_id": "inv-42", "metadata": {"order": Decimal("42")}, **changes}
+    return commands.make_command(**fields)
 
 
 def _make_payout(command: PayoutCommand | None = None, **changes: Any) -> Payout:

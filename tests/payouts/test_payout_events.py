@@ -20,9 +20,11 @@ from worker.payouts.models import (
     Payout,
     PayoutCommand,
     PayoutStatus,
+    RefusalReason,
     RejectionReason,
     UnknownReason,
     build_event,
+    build_refusal,
     canonical_json,
     event_routing_key,
     loads_json,
@@ -151,23 +153,62 @@ def test_unusable_payout_id_becomes_null(event_validator: Draft202012Validator) 
         assert_valid(event_validator, event)
 
 
-def test_conflict_event_describes_the_refused_command(
-    event_validator: Draft202012Validator, make_command: MakeCommand
+def test_a_refusal_describes_the_refused_command_and_never_a_payout_status(
+    refusal_validator: Draft202012Validator,
+    event_validator: Draft202012Validator,
+    make_command: MakeCommand,
+    make_payout: MakePayout,
 ) -> None:
+    recorded = make_payout(status=S.COMPLETED, final_details=completed_result(), receipt="SE17ABCDEF")
     refused = make_command(amount=Decimal("2000.00"), metadata={"order": 43})
-    event = build_event(
-        None,
-        status=S.REJECTED,
-        reason=RejectionReason.IDEMPOTENCY_CONFLICT,
-        message="payout_id inv-42 was already used for a different payout",
+    event = build_refusal(
+        recorded,
+        reason=RefusalReason.IDEMPOTENCY_CONFLICT,
+        message="payout_id inv-42 is recorded for a different payout; 0712345678",
         command=refused,
         now=NOW,
     )
-    assert_valid(event_validator, event)
-    assert event["payout_id"] == "inv-42"
-    assert event["amount"] == "2000.00"
-    assert event["metadata"] == {"order": 43}
-    assert event["originator_conversation_id"] is None
+    assert_valid(refusal_validator, event)
+    assert not event_validator.is_valid(event), "a refusal must not pass for a payout event"
+    assert "status" not in event and "duplicate" not in event
+    assert (event["kind"], event["payout_id"], event["recorded_status"]) == ("command.refused", "inv-42", "completed")
+    assert event["refused_command"] == {
+        "amount": "2000.00",
+        "command": "BusinessPayment",
+        "msisdn_masked": "2547******78",
+        "metadata": {"order": 43},
+    }
+    assert event["message"].endswith("07******78")
+
+
+@pytest.mark.parametrize("status", list(S))
+def test_a_refusal_is_valid_whatever_the_recorded_status(
+    refusal_validator: Draft202012Validator, make_command: MakeCommand, make_payout: MakePayout, status: PayoutStatus
+) -> None:
+    recorded = make_payout(status=status)
+    for reason, command in (
+        (RefusalReason.IDEMPOTENCY_CONFLICT, make_command()),
+        (RefusalReason.INVALID_COMMAND, None),
+    ):
+        event = build_refusal(recorded, reason=reason, message="m" * 600, command=command, now=NOW)
+        assert_valid(refusal_validator, event)
+        assert event["recorded_status"] == status.value and len(event["message"]) == 500
+    with pytest.raises(ValueError):
+        build_refusal(recorded, reason="mpesa_rejected", message="m", now=NOW)
+    with pytest.raises(ValueError):
+        build_refusal(recorded, reason=RefusalReason.IDEMPOTENCY_CONFLICT, message="m", now=NOW)
+
+
+def test_a_conflict_is_no_longer_a_rejection_reason() -> None:
+    with pytest.raises(ValueError):
+        build_event(None, status=S.REJECTED, reason="idempotency_conflict", payout_id="inv-42", now=NOW)
+
+
+def test_refusal_schema_examples_are_valid(refusal_validator: Draft202012Validator) -> None:
+    examples = refusal_validator.schema["examples"]
+    assert {example["reason"] for example in examples} == set(RefusalReason)
+    for example in examples:
+        assert_valid(refusal_validator, example)
 
 
 @pytest.mark.parametrize("status", list(S))

@@ -151,3 +151,53 @@ def test_not_found_means_a_resend_only_when_it_never_reached_the_core(
 def test_an_undecided_answer_changes_nothing(make_payout: MakePayout) -> None:
     decision = decide_answer(make_payout(), StatusVerdict.UNDECIDED, None, None, None)
     assert decision.action is AnswerAction.KEEP
+
+
+def test_a_not_processed_result_has_an_accepted_payout_looked_up(make_payout: MakePayout) -> None:
+    """Issue #11 finding 6: 26 after acceptance means no other result comes; doing nothing parked it."""
+    decision = decide_result(make_payout(), _result("26", receipt=None), confirm_success=False)
+    assert decision.action is ResultAction.LOOK_UP
+    sending = make_payout(status=PayoutStatus.SENDING)
+    assert decide_result(sending, _result("26", receipt=None), confirm_success=False).action is ResultAction.KEEP
+
+
+def _answer(amount: str | None = "1500.00", name: str | None = None) -> Result:
+    parameters = {"TransactionStatus": "Completed", "ReceiptNo": "SE17ABCDEF", "ResultCode": "0"}
+    if amount is not None:
+        parameters["Amount"] = amount
+    if name is not None:
+        parameters["CreditPartyName"] = name
+    raw = build_result_envelope(
+        code="0", description="test", originator_conversation_id=None, conversation_id=None, parameters=parameters
+    )
+    return parse_result_envelope(raw)
+
+
+@pytest.mark.parametrize("amount", [None, "", "about fifteen hundred"])
+def test_an_answer_saying_paid_needs_a_readable_amount(make_payout: MakePayout, amount: str | None) -> None:
+    """Issue #11 finding 7: a direct success needs its amount, so a status answer saying paid does too."""
+    decision = decide_answer(make_payout(), StatusVerdict.COMPLETED, _answer(amount), None, None)
+    assert (decision.action, decision.reason) == (AnswerAction.MISMATCH, "amount")
+
+
+def test_an_answer_about_another_recipient_is_a_mismatch(make_payout: MakePayout) -> None:
+    other = _answer(name="254799999999 - Someone Else")
+    decision = decide_answer(make_payout(), StatusVerdict.COMPLETED, other, None, None)
+    assert (decision.action, decision.reason) == (AnswerAction.MISMATCH, "msisdn")
+    failed = decide_answer(make_payout(), StatusVerdict.FAILED, _result("1", amount="20.00"), None, None)
+    assert (failed.action, failed.reason) == (AnswerAction.MISMATCH, "amount")
+
+
+@pytest.mark.parametrize("name", [None, "254712345678 - Jane Doe", "2547******78 - Jane Doe", "Jane Doe"])
+def test_an_absent_or_masked_recipient_is_tolerated_like_on_a_direct_result(
+    make_payout: MakePayout, name: str | None
+) -> None:
+    original = _answer(name=name)
+    decision = decide_answer(make_payout(), StatusVerdict.COMPLETED, original, None, None)
+    assert (decision.action, decision.use) == (AnswerAction.COMPLETE, original)
+
+
+def test_a_released_answer_is_not_matched_again(make_payout: MakePayout) -> None:
+    original = _answer(amount=None)
+    decision = decide_answer(make_payout(), StatusVerdict.COMPLETED, original, None, None, verify=False)
+    assert (decision.action, decision.use) == (AnswerAction.COMPLETE, original)

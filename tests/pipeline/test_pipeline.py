@@ -6,20 +6,16 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from tests.support import commands
 from tests.support.pipeline import Harness
 from worker.payouts.models import originator_conversation_id
 from worker.simulator import SimulatorOptions
 
 
-def command(n: int, run: str = "p", **extra: object) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "payout_id": f"{run}-{n:04d}",
-        "msisdn": f"0712{n:06d}",
-        "amount": f"{100 + n}.50",
-        "metadata": {"row": n},
-    }
-    body.update(extra)
-    return body
+def command(n: int, run: str = "p", **extra: Any) -> dict[str, Any]:
+    """The support factory's ``n``-th command of ``run``, with 50 cents and its row number as metadata."""
+    fields: dict[str, Any] = {"amount": f"{100 + n}.50", "metadata": {"row": n}, **extra}
+    return commands.command(run, n, **fields)
 
 
 def test_hundred_payouts_then_the_same_hundred_again(harness_factory: Callable[..., Harness]) -> None:
@@ -74,9 +70,10 @@ def test_same_id_different_content_is_a_conflict(harness_factory: Callable[..., 
     h.publish([command(1, run="c")])
     h.events.wait_for(lambda e: len(e.of("payout.completed")) == 1, 30, "the first payout")
     h.publish([command(1, run="c", amount="999.00")])
-    h.events.wait_for(lambda e: len(e.of("payout.rejected")) == 1, 30, "the conflict")
-    conflict = h.events.of("payout.rejected")[0]
+    h.events.wait_for(lambda e: len(e.of("command.refused")) == 1, 30, "the conflict")
+    conflict = h.events.of("command.refused")[0]
     assert conflict["reason"] == "idempotency_conflict" and conflict["payout_id"] == "c-0001"
+    assert conflict["recorded_status"] == "completed" and h.events.of("payout.rejected") == []
     assert len(h.payments()) == 1
     assert h.events.of("payout.completed")[0]["amount"] == "101.50"
 

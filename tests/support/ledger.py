@@ -11,7 +11,7 @@ import psycopg
 from jsonschema import Draft202012Validator, FormatChecker
 
 from worker.ledger import Ledger, open_ledger
-from worker.payouts.models import originator_conversation_id
+from worker.payouts.models import COMMAND_REFUSED_KEY, originator_conversation_id
 from worker.protocol.result import Result, build_result_envelope, parse_result_envelope
 from worker.resources import schema_path
 from worker.settings import LedgerSettings
@@ -21,6 +21,9 @@ ORG = "mpesab2c"
 
 _EVENT_VALIDATOR = Draft202012Validator(
     json.loads(schema_path("payout-event.schema.json").read_text()), format_checker=FormatChecker()
+)
+_REFUSAL_VALIDATOR = Draft202012Validator(
+    json.loads(schema_path("command-refused.schema.json").read_text()), format_checker=FormatChecker()
 )
 
 
@@ -52,6 +55,19 @@ class Database:
 
     def query(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         return table_rows(self.settings, sql, *params)
+
+    def execute(self, sql: str, *params: Any) -> None:
+        """Change the tables behind the ledger's back (e.g. a row as an older version wrote it); ``?`` placeholders."""
+        if self.settings.database_url is None:
+            conn = sqlite3.connect(self.settings.sqlite_path)
+            try:
+                with conn:
+                    conn.execute(sql, params)
+            finally:
+                conn.close()
+            return
+        with psycopg.connect(self.settings.database_url) as pg:
+            pg.execute(sql.replace("?", "%s"), params)
 
 
 def ocid(payout_id: str) -> str:
@@ -94,11 +110,12 @@ def make_result(**kwargs: Any) -> tuple[bytes, Result]:
 
 
 def events(ledger: Ledger, payout_id: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """The pending outbox as (routing key, event), each event checked against the published schema."""
+    """The pending outbox as (routing key, event), each event checked against its published schema."""
     found = []
     for row in ledger.outbox.pending(limit=1000, payout_id=payout_id):
         event = json.loads(row.body)
-        errors = sorted(str(error.message) for error in _EVENT_VALIDATOR.iter_errors(event))
+        validator = _REFUSAL_VALIDATOR if row.routing_key == COMMAND_REFUSED_KEY else _EVENT_VALIDATOR
+        errors = sorted(str(error.message) for error in validator.iter_errors(event))
         assert not errors, (event, errors)
         assert event["event_id"] == row.event_id
         found.append((row.routing_key, event))

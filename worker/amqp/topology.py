@@ -7,6 +7,7 @@ names the setting to change, because RabbitMQ never changes a queue's arguments 
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +35,20 @@ def _command_queue_arguments(amqp: AmqpSettings) -> dict[str, Any]:
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": amqp.dead_queue,
     }
+
+
+# At-least-once dead-lettering for the command queue, set as a policy: RabbitMQ never changes an existing
+# queue's arguments, but a policy applies to queues already there. It needs reject-publish overflow, else a
+# quorum queue silently falls back to at-most-once.
+COMMAND_QUEUE_POLICY: dict[str, str] = {"dead-letter-strategy": "at-least-once", "overflow": "reject-publish"}
+COMMAND_QUEUE_POLICY_NAME = "mpesa-b2c-commands"
+
+
+def command_queue_policy_argv(amqp: AmqpSettings, *, name: str = COMMAND_QUEUE_POLICY_NAME) -> list[str]:
+    """The ``rabbitmqctl set_policy`` command that gives the command queue (and only it) that policy."""
+    pattern = "^" + re.escape(amqp.command_queue) + "$"
+    definition = json.dumps(COMMAND_QUEUE_POLICY, separators=(",", ":"))
+    return ["rabbitmqctl", "set_policy", "--apply-to", "queues", "--priority", "10", name, pattern, definition]
 
 
 def delay_tier_label(seconds: float) -> str:

@@ -28,7 +28,7 @@ import contextlib
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,18 +40,18 @@ from worker.amqp.connection import connect
 from worker.amqp.consumer import DELIVERY_COUNT_HEADER, MESSAGE_HEADER, REASON_HEADER, SOURCE_QUEUE_HEADER
 from worker.amqp.publisher import ConfirmedPublisher
 from worker.amqp.topology import queue_depth
+from worker.cli.output import emit, opened_ledger, short, table
 from worker.errors import BrokerUnavailable, DeadError, PublishError, PublishFailure
 from worker.events.relay import OutboxRelay
-from worker.ledger import Ledger, QuarantinedResult, open_ledger
+from worker.ledger import QuarantinedResult
 from worker.payouts.models import extract_payout_id, normalise_msisdn
-from worker.redact import mask_msisdn, mask_msisdns_in_text
+from worker.redact import mask_msisdn, mask_msisdns_in_json, mask_msisdns_in_text
 from worker.settings import Settings, redact_url
 
 REPLAYED_FROM_HEADER = "x-b2c-replayed-from"
 QUARANTINE_PREFIX = "q:"
 DEFAULT_SCAN = 10_000
 _VOLATILE_HEADERS = frozenset({DELIVERY_COUNT_HEADER})
-_MESSAGE_WIDTH = 60
 
 
 # --- dead letters -----------------------------------------------------------------------------------------
@@ -98,7 +98,7 @@ class DeadMessage:
         headers = {key: _plain(value) for key, value in sorted(self.headers.items())}
         if not raw:
             text = mask_msisdns_in_text(text)
-            headers = json.loads(mask_msisdns_in_text(json.dumps(headers)))
+            headers = mask_msisdns_in_json(headers)
         return {**self.summary(), "headers": headers, "body": text}
 
 
@@ -387,59 +387,26 @@ def add_dead_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_release)
 
 
-def _emit(args: argparse.Namespace, value: Any, human: Callable[[], None]) -> None:
-    if args.json:
-        print(json.dumps(value, indent=2, default=str))
-    else:
-        human()
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    cells = [[("-" if row.get(c) is None else str(row[c])) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for r in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-
-
-def _short(text: str | None) -> str | None:
-    if text is None or len(text) <= _MESSAGE_WIDTH:
-        return text
-    return text[: _MESSAGE_WIDTH - 1] + "…"
-
-
-@contextlib.contextmanager
-def _ledger(settings: Settings) -> Iterator[Ledger]:
-    ledger = open_ledger(settings.ledger)
-    try:
-        yield ledger
-    finally:
-        ledger.close()
-
-
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     if args.quarantine:
-        with _ledger(settings) as ledger:
+        with opened_ledger(settings) as ledger:
             entries = ledger.quarantine.entries(include_resolved=args.resolved, limit=args.limit)
         rows = [quarantine_summary(e) for e in entries]
-        _emit(
+        emit(
             args,
             rows,
-            lambda: _table(
-                [{**r, "detail": _short(r["detail"])} for r in rows],
+            lambda: table(
+                [{**r, "detail": short(r["detail"])} for r in rows],
                 ["id", "received_at", "state", "reason", "payout_id", "result_code", "detail"],
             ),
         )
         return 0
     rows = [m.summary() for m in DeadQueue(settings).peek(args.limit)]
-    _emit(
+    emit(
         args,
         rows,
-        lambda: _table(
-            [{**r, "message": _short(r["message"])} for r in rows],
+        lambda: table(
+            [{**r, "message": short(r["message"])} for r in rows],
             ["id", "dead_at", "reason", "payout_id", "msisdn", "amount", "message"],
         ),
     )
@@ -449,7 +416,7 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     number = quarantine_id(args.id)
     if number is not None:
-        with _ledger(settings) as ledger:
+        with opened_ledger(settings) as ledger:
             entry = ledger.quarantine.get(number)
         if entry is None:
             raise DeadError(f"no quarantined result {args.id}")
@@ -470,7 +437,7 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
         print("body:")
         print(value["body"])
 
-    _emit(args, value, human)
+    emit(args, value, human)
     return 0
 
 
@@ -493,7 +460,7 @@ def _report(args: argparse.Namespace, verb: str, done: list[DeadMessage], wanted
         for item in missing:
             print(f"not found: {item}", file=sys.stderr)
 
-    _emit(args, value, human)
+    emit(args, value, human)
     return 1 if missing else 0
 
 
@@ -515,7 +482,7 @@ def cmd_drop(settings: Settings, args: argparse.Namespace) -> int:
             raise DeadError("--quarantine goes with --all; drop single entries by their q:ID")
         if len(numbers) != len(args.ids):
             raise DeadError("give either dead-letter ids or q:IDs, not both")
-        with _ledger(settings) as ledger:
+        with opened_ledger(settings) as ledger:
             if args.all:
                 numbers = [e.id for e in ledger.quarantine.entries(limit=args.limit)]
             dropped = [quarantine_summary(ledger.quarantine.drop(n, note=args.note)) for n in numbers]
@@ -525,7 +492,7 @@ def cmd_drop(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"dropped {row['id']} (payout {row['payout_id'] or '-'}, {row['reason']}); body kept")
             print(f"{len(dropped)} quarantined result(s) dropped")
 
-        _emit(args, {"dropped": dropped}, human)
+        emit(args, {"dropped": dropped}, human)
         return 0
     wanted = _dead_ids(args, "drop")
     done = DeadQueue(settings, scan_limit=args.limit).drop(wanted)
@@ -541,7 +508,7 @@ def cmd_release(settings: Settings, args: argparse.Namespace) -> int:
             "release applies this result to its payout without the match check: confirm the result with M-PESA "
             "first (portal or status query), then add --yes"
         )
-    with _ledger(settings) as ledger:
+    with opened_ledger(settings) as ledger:
         applied = ledger.results.release_quarantined(number, note=args.note)
         payout = applied.payout
         published = True
@@ -570,5 +537,5 @@ def cmd_release(settings: Settings, args: argparse.Namespace) -> int:
         if not published:
             print("its events stay in the outbox until a worker or receiver publishes them", file=sys.stderr)
 
-    _emit(args, value, human)
+    emit(args, value, human)
     return 0

@@ -12,6 +12,7 @@ from worker import __version__
 from worker.cli.breaker import add_breaker_parser
 from worker.cli.dead import add_dead_parser
 from worker.cli.demo import run_demo
+from worker.cli.lookups import add_lookups_parser
 from worker.cli.publish import add_publish_parsers
 from worker.errors import B2CError, BrokerUnavailable, ConfigError
 from worker.logs import scrub, setup_logging
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dead_parser(sub)
     add_breaker_parser(sub)
+    add_lookups_parser(sub)
     return parser
 
 

@@ -1,4 +1,8 @@
-"""``mpesa-b2c publish`` and ``mpesa-b2c events``: put payout commands on the queue, watch the events come back."""
+"""``mpesa-b2c publish`` and ``mpesa-b2c events``: put payout commands on the queue, watch the events come back.
+
+``events pending`` reads the ledger's outbox instead of the broker: the events stored with their status change
+and not yet confirmed by RabbitMQ (during a broker outage, say), which a worker or receiver publishes later.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,12 @@ import pika.exceptions
 from worker.amqp.connection import close_quietly, connect
 from worker.amqp.publisher import ConfirmedPublisher
 from worker.amqp.topology import NOT_FOUND, declare_topology
+from worker.cli.output import table
 from worker.errors import B2CError, PublishError, PublishFailure, TopologyError
 from worker.events.follow import follow_events
+from worker.ledger import OutboxEvent, open_ledger
+from worker.payouts.models import EVENT_BINDINGS
+from worker.redact import mask_msisdns_in_json
 from worker.settings import AmqpSettings, Settings, redact_url
 
 
@@ -117,7 +125,39 @@ def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{routing_key:18} {event.get('payout_id')}{flag} {extra}".rstrip(), flush=True)
         return args.count is None or seen < args.count
 
-    follow_events(settings.amqp.url, settings.amqp.events_exchange, show, binding=args.binding, timeout=args.timeout)
+    binding = args.binding or EVENT_BINDINGS
+    follow_events(settings.amqp.url, settings.amqp.events_exchange, show, binding=binding, timeout=args.timeout)
+    return 0
+
+
+def pending_summary(event: OutboxEvent) -> dict[str, Any]:
+    """An outbox row as ``events pending`` shows it; the payer's metadata may hold a phone number, so masked."""
+    body = mask_msisdns_in_json(json.loads(event.body))
+    return {
+        "id": event.id,
+        "event_id": event.event_id,
+        "payout_id": event.payout_id,
+        "routing_key": event.routing_key,
+        "occurred_at": body.get("occurred_at"),
+        "reason": body.get("reason"),
+        "event": body,
+    }
+
+
+def cmd_events_pending(settings: Settings, args: argparse.Namespace) -> int:
+    ledger = open_ledger(settings.ledger)
+    try:
+        events = ledger.outbox.pending(limit=args.limit)
+        total = ledger.outbox.backlog()
+    finally:
+        ledger.close()
+    rows = [pending_summary(event) for event in events]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table(rows, ["id", "occurred_at", "routing_key", "payout_id", "reason"])
+    shown = f"{len(rows)} shown (--limit)" if total > len(rows) else "all shown"
+    print(f"{total} event(s) stored and not yet published; {shown}")
     return 0
 
 
@@ -129,9 +169,25 @@ def add_publish_parsers(sub: Any) -> None:
     p.add_argument("--declare", action="store_true", help="declare the queues first (normally the worker does)")
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("events", help="print payout events as they arrive")
-    p.add_argument("--binding", default="payout.#", help="routing-key pattern (default payout.#)")
+    p = sub.add_parser(
+        "events",
+        help="print payout events as they arrive (or, with pending, those not yet published)",
+        description="Print payout events (and refused commands) as they arrive on the events exchange; "
+        "`events pending` lists "
+        "the ones still in the ledger's outbox.",
+    )
+    p.add_argument(
+        "--binding",
+        action="append",
+        help="routing-key pattern, repeatable (default: payout.# and command.#, the refused commands)",
+    )
     p.add_argument("--count", type=int, help="stop after this many events")
     p.add_argument("--timeout", type=float, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="print each event's full JSON")
     p.set_defaults(func=cmd_events)
+    actions = p.add_subparsers(dest="action", metavar="{pending}")
+    help_text = "events stored in the ledger's outbox and not yet published to RabbitMQ, oldest first"
+    p = actions.add_parser("pending", help=help_text, description=help_text)
+    p.add_argument("--limit", type=int, default=100, help="show at most this many (default 100)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (the events' JSON, masked)")
+    p.set_defaults(func=cmd_events_pending)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pika.exceptions
 
 from worker.amqp.connection import close_quietly, connect
 from worker.amqp.topology import NOT_FOUND
 from worker.errors import BrokerUnavailable, TopologyError
+from worker.payouts.models import EVENT_BINDINGS
 from worker.settings import redact_url
 
 
@@ -20,13 +21,14 @@ def follow_events(
     exchange: str,
     on_event: Callable[[str, bytes], bool],
     *,
-    binding: str = "payout.#",
+    binding: str | Sequence[str] = EVENT_BINDINGS,
     timeout: float | None = None,
     on_ready: Callable[[], None] | None = None,
     stop: threading.Event | None = None,
 ) -> None:
     """Call ``on_event(routing_key, body)`` for each event until it returns False, ``timeout`` passes or
-    ``stop`` is set.
+    ``stop`` is set. ``binding`` is one routing-key pattern or several; by default every payout event and
+    every refused command.
 
     A private server-named queue is bound for the duration, so following never steals events from others;
     ``on_ready`` is called once it is bound: from then on no event is missed.
@@ -43,7 +45,8 @@ def follow_events(
             raise
         ok = channel.queue_declare(queue="", exclusive=True, auto_delete=True)
         private = ok.method.queue
-        channel.queue_bind(queue=private, exchange=exchange, routing_key=binding)
+        for pattern in (binding,) if isinstance(binding, str) else binding:
+            channel.queue_bind(queue=private, exchange=exchange, routing_key=pattern)
         if on_ready is not None:
             on_ready()
         deadline = None if timeout is None else time.monotonic() + timeout

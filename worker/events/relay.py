@@ -3,12 +3,17 @@
 Events are only ever derived from ledger transitions; this is the one place that puts them on the broker.
 Delivery is at least once: a crash between the broker's confirm and ``mark_published`` republishes an event,
 so consumers de-duplicate by ``event_id``.
+
+A request path that must not wait for the broker (the callback receiver's answer to M-PESA) only *nudges*
+the relay: its own thread (:meth:`OutboxRelay.start`) publishes the nudged payouts' events at once, and sweeps
+up what anyone left behind every interval. A broker outage then delays events, never the answer.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -46,6 +51,11 @@ class OutboxRelay:
         self._exchange = exchange
         self._publisher: Publisher | None = None
         self._lock = threading.Lock()
+        self._nudged: dict[str, None] = {}
+        self._nudge_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def _get_publisher(self) -> Publisher:
         with self._lock:
@@ -99,6 +109,43 @@ class OutboxRelay:
             return False
         return True
 
+    def nudge(self, payout_id: str) -> None:
+        """Have the relay's thread publish this payout's events now; returns at once, whatever the broker does.
+
+        Without a started thread the events wait for the next flush by anyone (they are stored either way).
+        """
+        with self._nudge_lock:
+            self._nudged[payout_id] = None
+        self._wake.set()
+
+    def start(self, interval: float, name: str = "outbox-relay") -> None:
+        """Run the relay on its own daemon thread: nudged payouts at once, a sweep every ``interval`` seconds."""
+        self._thread = threading.Thread(target=self._run, args=(interval,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        sweep_at = time.monotonic()
+        while not self._stopping.is_set():
+            self._wake.wait(max(sweep_at - time.monotonic(), 0.0))
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self._relay_nudged()
+                if time.monotonic() >= sweep_at:
+                    self.try_flush_older()
+                    sweep_at = time.monotonic() + interval
+            except Exception:  # the relay thread must outlive a ledger blip or a bug; the rows stay stored
+                log.exception("outbox relay pass failed; trying again in %.0f s", interval)
+                sweep_at = time.monotonic() + interval
+
+    def _relay_nudged(self) -> None:
+        with self._nudge_lock:
+            nudged, self._nudged = list(self._nudged), {}
+        for payout_id in nudged:
+            if not self.try_flush(payout_id):
+                return  # the broker is away: the sweep takes the rest once it is back
+
     def _reset(self) -> None:
         with self._lock:
             publisher, self._publisher = self._publisher, None
@@ -110,6 +157,10 @@ class OutboxRelay:
                 log.debug("closing a broken publisher failed", exc_info=True)
 
     def close(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
         self._reset()
 
 

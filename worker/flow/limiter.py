@@ -19,12 +19,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from enum import StrEnum
 
 from worker import metrics
 from worker.errors import B2CError
 from worker.ledger.flow_state import FlowStore
 
 log = logging.getLogger(__name__)
+
+
+class RateDirection(StrEnum):
+    """Which way the shared rate moved: the ``direction`` of ``mpesa_b2c_rate_limit_adjustments_total``."""
+
+    DOWN = "down"
+    UP = "up"
+
 
 DECREASE_FACTOR = 0.5
 FLOOR_FRACTION = 0.05
@@ -109,7 +118,7 @@ class RateLimiter:
             log.warning("could not lower the shared rate: %s", exc)
             return
         if rate < before:
-            metrics.RATE_LIMIT_ADJUSTMENTS.labels(direction="down").inc()
+            metrics.RATE_LIMIT_ADJUSTMENTS.labels(direction=RateDirection.DOWN).inc()
             log.warning("gateway throttling: rate lowered to %.2f/s (limit %.2f/s)", rate, self.ceiling)
         self._seen(rate)
 
@@ -124,7 +133,7 @@ class RateLimiter:
             log.warning("could not raise the shared rate: %s", exc)
             return
         if rate > self._rate:
-            metrics.RATE_LIMIT_ADJUSTMENTS.labels(direction="up").inc()
+            metrics.RATE_LIMIT_ADJUSTMENTS.labels(direction=RateDirection.UP).inc()
         self._seen(rate)
 
     def refresh(self) -> float:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from worker.errors import LedgerError
 from worker.ledger.engine import Row, Session
 from worker.ledger.model import Disposition
 from worker.ledger.transaction import Transactions
@@ -52,7 +53,9 @@ def already_open_for(row: BreakerRow, reason: BreakerReason) -> bool:
 
 # Results that matched nothing, or not what was sent, prove nothing about the account (a forged callback):
 # those dispositions are left out.
-_UNTRUSTED = ", ".join(f"'{d}'" for d in (Disposition.UNMATCHED, Disposition.QUARANTINED, Disposition.ERROR))
+_UNTRUSTED = ", ".join(
+    f"'{d}'" for d in (Disposition.UNMATCHED, Disposition.QUARANTINED, Disposition.ERROR, Disposition.UNPARSABLE)
+)
 _RESULTS_AFTER = (
     "SELECT r.id AS id, r.originator_conversation_id AS ocid, r.result_code AS code,"  # noqa: S608 - enum values
     " r.received_at AS received_at, p.accepted_at AS accepted_at"
@@ -245,7 +248,7 @@ class FlowStore:
         return BreakerRow(
             key=str(row["key"]),
             open=row["state"] == BreakerState.OPEN,
-            reason=None if row["reason"] is None else BreakerReason(row["reason"]),
+            reason=_reason(row),
             code=row["code"],
             detail=row["detail"],
             opened_at=number("opened_at"),
@@ -428,3 +431,14 @@ class FlowStore:
                 "SELECT status FROM payouts WHERE originator_conversation_id = ?", originator_conversation_id
             )
         return None if row is None else str(row["status"])
+
+
+def _reason(row: Row) -> BreakerReason | None:
+    """An unknown reason (written by another version) is an error, so callers hold instead of guessing."""
+    value = row["reason"]
+    if value is None:
+        return None
+    try:
+        return BreakerReason(value)
+    except ValueError:
+        raise LedgerError(f"gateway_state for {row['key']!r} has an unknown breaker reason {value!r}") from None

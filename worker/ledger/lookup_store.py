@@ -1,6 +1,6 @@
 """The ledger's SQL for looking payouts up: the lookup bookkeeping on each payout row and its status queries.
 
-Rules kept here (the README's "Resolving unknowns" section says the same for operators):
+Rules kept here (the README's "When things go wrong" says the same for operators):
 
 - A lookup is recorded before it is made: a status query's row (with its own, new OriginatorConversationID,
   ``<payout id>_Q<n>``) and the attempt count are committed before the query is sent; a resend first moves
@@ -22,6 +22,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from worker.errors import RearmRefused
 from worker.ledger import outbox
 from worker.ledger.engine import Row
 from worker.ledger.lookups import (
@@ -46,6 +47,11 @@ _UNKNOWN = str(PayoutStatus.UNKNOWN)
 _ACCEPTED = str(PayoutStatus.ACCEPTED)
 _SENDING = str(PayoutStatus.SENDING)
 _FINAL = tuple(sorted(str(status) for status in FINAL_STATUSES))
+_REARM_REFUSED = {
+    str(PayoutStatus.RECEIVED): "not sent yet; the worker sends it from the command queue, nothing to look up",
+    _SENDING: "a send of it may still be running or was cut off; the lookup runner takes it up when the send"
+    " lease has passed, unless it is flagged: then check it with M-PESA by its OriginatorConversationID",
+}
 _DUE_SQL = (
     "SELECT * FROM payouts WHERE flagged_at IS NULL AND (next_lookup_at IS NULL OR next_lookup_at <= ?) AND ("
     " (status IN (?, ?) AND next_lookup_at IS NOT NULL)"
@@ -72,7 +78,7 @@ class Resends(Protocol):
 
 
 class LookupQueue(Resends, Protocol):
-    """What the reconciler needs: claim due payouts, record each lookup before it is made, flag."""
+    """What the lookup runner needs: claim due payouts, record each lookup before it is made, flag."""
 
     def due_for_lookup(
         self, *, unknown_after: float, result_timeout: float, stuck_after: float, lease_seconds: float, limit: int = 50
@@ -105,7 +111,7 @@ class LookupStore:
     def __init__(self, tx: Transactions) -> None:
         self._tx = tx
 
-    # ------------------------------------------------------------------------------ the reconciler
+    # ---------------------------------------------------------------------------- the lookup runner
 
     def due_for_lookup(
         self,
@@ -121,8 +127,8 @@ class LookupStore:
         Due: any payout with a lookup scheduled for now or earlier (after an earlier lookup, a queue timeout,
         a duplicate answer, a held success); ``unknown`` for ``unknown_after`` seconds; ``accepted`` for
         ``result_timeout`` seconds without a result; ``sending`` for ``stuck_after`` seconds after a resend
-        of ours (a reconciler that died mid-resend; no queue message will ever finish it). Flagged payouts
-        are never due. Claiming moves ``next_lookup_at`` past the lease, so concurrent reconcilers (several
+        of ours (a lookup runner that died mid-resend; no queue message will ever finish it). Flagged payouts
+        are never due. Claiming moves ``next_lookup_at`` past the lease, so concurrent lookup runners (several
         workers on one PostgreSQL ledger; ``SKIP LOCKED``) do not pick the same payout.
         """
         with self._tx.write() as work:
@@ -286,9 +292,15 @@ class LookupStore:
 
     def rearm_lookup(self, payout_id: str) -> LookupState:
         """An operator's fresh start: unflag, reset the attempt count and time budget, look up now. A resend
-        due from an earlier "no record" answer is cleared: that answer may be old, so a query comes first."""
+        due from an earlier "no record" answer is cleared: that answer may be old, so a query comes first.
+
+        Only for ``unknown`` and ``accepted`` (RearmRefused otherwise, nothing changed): the reset count would
+        take a stuck resend (``sending``) out of every lookup, and the other statuses have nothing to look up.
+        """
         with self._tx.write() as work:
-            lock_row(work, payout_id)
+            status = lock_row(work, payout_id)["status"]
+            if status not in (_UNKNOWN, _ACCEPTED):
+                raise RearmRefused(payout_id, status, _REARM_REFUSED.get(status, "final, nothing to look up"))
             work.session.run(
                 "UPDATE payouts SET flagged_at = NULL, flag_reason = NULL, lookup_attempts = 0, resend_due = ?,"
                 " lookup_started_at = NULL, next_lookup_at = ?, lookup_trigger = ? WHERE payout_id = ?",
@@ -297,6 +309,22 @@ class LookupStore:
                 str(LookupTrigger.MANUAL),
                 payout_id,
             )
+            return _state(work.session.engine, lock_row(work, payout_id))
+
+    def clear_flag(self, payout_id: str) -> LookupState:
+        """A human reviewed a flagged *final* payout (e.g. a success that came after its failure): unflag it.
+
+        Only for final payouts (RearmRefused otherwise): a non-final one unflagged without a fresh lookup
+        budget would wait with nobody looking at it; ``rearm_lookup`` is for those.
+        """
+        with self._tx.write() as work:
+            row = lock_row(work, payout_id)
+            status = row["status"]
+            if status not in _FINAL:
+                raise RearmRefused(payout_id, status, "not final: rearm it, so the lookup runner takes it up again")
+            if row["flagged_at"] is None:
+                raise RearmRefused(payout_id, status, "not flagged, nothing to clear")
+            work.session.run("UPDATE payouts SET flagged_at = NULL, flag_reason = NULL WHERE payout_id = ?", payout_id)
             return _state(work.session.engine, lock_row(work, payout_id))
 
     def count_flagged(self) -> int:
@@ -309,12 +337,14 @@ class LookupStore:
         return 0 if row is None else int(row["n"])
 
     def list_flagged(self, limit: int = 100) -> list[LookupState]:
-        """Flagged payouts that are still not final, longest flagged first."""
+        """Flagged payouts that are still not final, and final ones a later success contradicted (those stay
+        flagged until a human clears them, ``clear_flag``), longest flagged first."""
         with self._tx.read() as session:
             rows = session.all(
                 "SELECT * FROM payouts WHERE flagged_at IS NOT NULL"
-                " AND status NOT IN (?, ?, ?) ORDER BY flagged_at, payout_id LIMIT ?",
+                " AND (status NOT IN (?, ?, ?) OR flag_reason = ?) ORDER BY flagged_at, payout_id LIMIT ?",
                 *_FINAL,
+                str(FlagReason.SUCCESS_AFTER_FAILURE),
                 limit,
             )
             return [_state(session.engine, row) for row in rows]
@@ -332,7 +362,7 @@ class LookupStore:
 
 
 def lookup_soon(work: Work, payout_id: str, trigger: LookupTrigger) -> None:
-    """Have the payout looked up on the reconciler's next pass (it stays flagged if it is)."""
+    """Have the payout looked up on the lookup runner's next pass (it stays flagged if it is)."""
     work.session.run(
         "UPDATE payouts SET next_lookup_at = ?, lookup_trigger = ? WHERE payout_id = ?",
         work.session.time(work.now),

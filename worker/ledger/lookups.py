@@ -1,7 +1,7 @@
 """What the ledger answers about looking payouts up: lookup tasks, status queries, queue timeouts.
 
 A payout whose fate is in doubt (``unknown``; ``accepted`` without a result for too long; a cached request
-M-PESA let expire; a duplicate answer; a success held for confirmation) is *looked up*: a
+M-PESA let expire; a duplicate or not-processed result; a success held for confirmation) is *looked up*: a
 ``TransactionStatusQuery`` under a new id of its own, or, once M-PESA says it has no such payment, a resend
 under the payout's **same** OriginatorConversationID. The ledger keeps the bookkeeping (attempts, when the
 next lookup is due, whether a resend is due, the review flag) and every query it was asked to send, before
@@ -24,6 +24,8 @@ class LookupTrigger(StrEnum):
     MISSING_RESULT = "missing_result"
     QUEUE_TIMEOUT = "queue_timeout"
     DUPLICATE = "duplicate"
+    # A not-processed result (26) for an accepted payout: M-PESA will send no other result for it.
+    NOT_PROCESSED = "not_processed"
     CONFIRM_SUCCESS = "confirm_success"
     MANUAL = "manual"
 
@@ -52,11 +54,14 @@ class FlagReason(StrEnum):
     MAX_SECONDS = "max_seconds"
     ANSWER_MISMATCH = "answer_mismatch"
     CONFIRMATION_CONTRADICTED = "confirmation_contradicted"
+    # A success result on a payout already failed or rejected: the payer was told "not paid", M-PESA says paid.
+    # The payout is final, so it stays listed (list_flagged) until a human has settled it (`mpesa-b2c lookups clear`).
+    SUCCESS_AFTER_FAILURE = "success_after_failure"
 
 
 @dataclass(frozen=True)
 class LookupTask:
-    """A payout due for a lookup, claimed by one reconciler for ``lease_seconds``.
+    """A payout due for a lookup, claimed by one lookup runner for ``lease_seconds``.
 
     ``attempts`` counts the lookups (queries and resends) already made since the payout was (re)armed,
     ``started_at`` is when the first of them was made (None before any).

@@ -41,7 +41,8 @@ class Disposition(StrEnum):
     """What became of a stored result, as written to ``results.disposition`` (the breaker reads it too).
 
     The first six are the :class:`ApplyOutcome` of the same name; a status answer is stored as
-    ``status_query``; ``error``: applying failed, the body is kept.
+    ``status_query``; ``error``: applying failed, the body is kept; ``unparsable``: the body is not a
+    result we can read (kept, and quarantined, so that M-PESA can be answered "success").
     """
 
     APPLIED = "applied"
@@ -53,6 +54,7 @@ class Disposition(StrEnum):
     HELD = "held"
     STATUS_QUERY = "status_query"
     ERROR = "error"
+    UNPARSABLE = "unparsable"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from worker.ledger.engine import Row
 from worker.ledger.model import OutboxEvent
 from worker.ledger.transaction import Transactions, Work
-from worker.payouts.models import Payout, build_event, canonical_json, event_routing_key
+from worker.payouts.models import COMMAND_REFUSED_KEY, Payout, build_event, canonical_json, event_routing_key
 
 _MARK_CHUNK = 500
 _CLAIM_SQL = (
@@ -46,11 +46,20 @@ class EventOutbox(OutboxBacklog, Protocol):
 
 
 def emit(work: Work, event: dict[str, Any]) -> None:
+    _store(work, event, event_routing_key(event["status"]))
+
+
+def emit_refusal(work: Work, refusal: dict[str, Any]) -> None:
+    """A :func:`~worker.payouts.models.build_refusal` event: routed apart from the payout's own events."""
+    _store(work, refusal, COMMAND_REFUSED_KEY)
+
+
+def _store(work: Work, event: dict[str, Any], routing_key: str) -> None:
     work.session.run(
         "INSERT INTO outbox (event_id, payout_id, routing_key, body, created_at) VALUES (?, ?, ?, ?, ?)",
         event["event_id"],
         event["payout_id"],
-        event_routing_key(event["status"]),
+        routing_key,
         canonical_json(event),
         work.session.time(work.now),
     )

@@ -31,8 +31,9 @@ from worker.payouts.models import (
     Payout,
     PayoutCommand,
     PayoutStatus,
-    RejectionReason,
+    RefusalReason,
     build_event,
+    build_refusal,
     can_transition,
     loads_json,
 )
@@ -68,7 +69,7 @@ class Payments(Protocol):
 
     def note_duplicate(self, payout_id: str) -> Payout: ...
 
-    def record_invalid(self, raw: bytes, *, payout_id: str | None, reason: str, message: str) -> None: ...
+    def record_invalid(self, raw: bytes, *, payout_id: str | None, reason: str, message: str) -> Payout | None: ...
 
     def claim_send(
         self, payout_id: str, *, expected_attempts: int, lease_seconds: float | None = None
@@ -101,7 +102,7 @@ class Payments(Protocol):
 
 
 class Acceptance(Protocol):
-    """What the reconciler needs after a resend M-PESA took."""
+    """What the lookup runner needs after a resend M-PESA took."""
 
     def mark_accepted(
         self, payout_id: str, *, attempt: int, conversation_id: str | None, code: str | None, description: str | None
@@ -278,9 +279,9 @@ class PayoutStore:
 
         NEW: stored. DUPLICATE: the stored payout, untouched and with no event yet: the caller answers with
         :meth:`note_duplicate` unless the repeat is an orphaned delivery it must finish. CONFLICT: a
-        ``payout.rejected`` idempotency_conflict describing ``command``, the original untouched. Exactly one
-        of any number of concurrent calls for one payout_id is NEW. LedgerError if the
-        OriginatorConversationID belongs to another payout.
+        ``command.refused`` idempotency_conflict describing ``command``, the original untouched (never a
+        ``payout.rejected``: that payout may be accepted or paid). Exactly one of any number of concurrent
+        calls for one payout_id is NEW. LedgerError if the OriginatorConversationID belongs to another payout.
         """
         fingerprint = command.fingerprint()
         with self._tx.write() as work:
@@ -305,17 +306,18 @@ class PayoutStore:
             existing = lock(work, "payout_id", command.payout_id)
             if existing is None:
                 raise LedgerError(f"OriginatorConversationID {originator_conversation_id!r} belongs to another payout")
-            if existing.fingerprint == fingerprint:
+            # Today's fingerprint of the stored command, not the stored column: a row fingerprinted by an
+            # older rule (metadata numbers as spelt) still recognises its repeats.
+            if existing.command.fingerprint() == fingerprint:
                 return Recorded(RecordOutcome.DUPLICATE, existing)
-            outbox.emit(
+            outbox.emit_refusal(
                 work,
-                build_event(
-                    None,
-                    status=PayoutStatus.REJECTED,
-                    reason=RejectionReason.IDEMPOTENCY_CONFLICT,
+                build_refusal(
+                    existing,
+                    reason=RefusalReason.IDEMPOTENCY_CONFLICT,
                     message=(
-                        f"payout_id {command.payout_id} was already used for a different payout"
-                        f" (status {existing.status})"
+                        f"payout_id {command.payout_id} is recorded for a different payout; this command was"
+                        " refused and that payout is untouched"
                     ),
                     command=command,
                     now=work.now,
@@ -323,17 +325,29 @@ class PayoutStore:
             )
             return Recorded(RecordOutcome.CONFLICT, existing)
 
-    def record_invalid(self, raw: bytes, *, payout_id: str | None, reason: str, message: str) -> None:
-        """Keep a refused command's body and tell the payer (``payout.rejected``) in one transaction."""
+    def record_invalid(self, raw: bytes, *, payout_id: str | None, reason: str, message: str) -> Payout | None:
+        """Keep an invalid command's body and tell the payer, in one transaction.
+
+        If a payout is recorded under ``payout_id`` (returned), the command is refused on
+        ``command.refused`` and that payout is untouched: ``payout.rejected`` would tell a payer keyed by
+        payout_id that a payout which may be paid was not. Otherwise nothing was ever paid under that id and
+        the answer is ``payout.rejected`` (None).
+        """
         with self._tx.write() as work:
-            event = build_event(
-                None,
-                status=PayoutStatus.REJECTED,
-                reason=reason,
-                message=message,
-                payout_id=payout_id,
-                now=work.now,
-            )
+            recorded = None if payout_id is None else lock(work, "payout_id", payout_id)
+            if recorded is None:
+                event = build_event(
+                    None,
+                    status=PayoutStatus.REJECTED,
+                    reason=reason,
+                    message=message,
+                    payout_id=payout_id,
+                    now=work.now,
+                )
+                outbox.emit(work, event)
+            else:
+                event = build_refusal(recorded, reason=RefusalReason(reason), message=message, now=work.now)
+                outbox.emit_refusal(work, event)
             work.session.run(
                 "INSERT INTO invalid_commands (received_at, raw, payout_id, reason, message) VALUES (?, ?, ?, ?, ?)",
                 work.session.time(work.now),
@@ -342,7 +356,7 @@ class PayoutStore:
                 reason,
                 message,
             )
-            outbox.emit(work, event)
+            return recorded
 
     def note_duplicate(self, payout_id: str) -> Payout:
         """Answer a repeated command: store an event with the payout's current status, duplicate=true."""
@@ -526,7 +540,7 @@ class PayoutStore:
         return counts
 
     def list_payouts(self, status: PayoutStatus | None = None, limit: int = 100) -> list[Payout]:
-        """Least recently changed first: the payouts waiting longest (what a reconciliation sweep wants)."""
+        """Least recently changed first: the payouts waiting longest (what a lookup sweep wants)."""
         where = "" if status is None else " WHERE status = ?"
         params: list[Any] = [] if status is None else [str(PayoutStatus(status))]
         with self._tx.read() as session:

@@ -1,8 +1,8 @@
 """The quarantine: results kept aside unapplied, for people to review (``mpesa-b2c dead list --quarantine``).
 
 An entry is written in the same transaction as the result's row in ``results`` (disposition
-``quarantined`` or ``unmatched``), so a quarantined result is as durable as an applied one and M-PESA can be
-answered "success". Entries are never deleted: review only moves them from ``held`` to ``dropped`` (looked
+``quarantined``, ``unmatched`` or ``unparsable``), so a quarantined result is as durable as an applied one and
+M-PESA can be answered "success". Entries are never deleted: review only moves them from ``held`` to ``dropped`` (looked
 at, not applied) or ``released`` (applied after an operator confirmed the result with M-PESA).
 """
 
@@ -17,6 +17,8 @@ from worker.ledger.model import QuarantinedResult, QuarantineState
 from worker.ledger.transaction import Transactions
 from worker.protocol.result import Result
 
+# A callback body that could not be read as a result at all (the other reasons are worker.payouts.matching's).
+REASON_UNPARSABLE = "unparsable"
 _DETAIL_LENGTH = 1000
 _COLUMNS = (
     "id, received_at, raw, reason, detail, payout_id, originator_conversation_id, conversation_id,"
@@ -28,25 +30,28 @@ def insert(
     session: Session[Any],
     now: datetime,
     raw: bytes,
-    result: Result,
+    result: Result | None,
     *,
     payout_id: str | None,
     reason: str,
     detail: str,
-) -> None:
-    session.run(
+) -> int:
+    """The new entry's id; ``result`` None: the body could not be parsed, so only it and why are known."""
+    row = session.one(
         "INSERT INTO quarantine (received_at, raw, reason, detail, payout_id, originator_conversation_id,"
-        " conversation_id, result_code, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " conversation_id, result_code, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         session.time(now),
         bytes(raw),
         reason,
         detail[:_DETAIL_LENGTH],
         payout_id,
-        result.originator_conversation_id,
-        result.conversation_id,
-        result.code,
+        None if result is None else result.originator_conversation_id,
+        None if result is None else result.conversation_id,
+        None if result is None else result.code,
         str(QuarantineState.HELD),
     )
+    assert row is not None
+    return int(row["id"])
 
 
 def load(session: Session[Any], row: Row) -> QuarantinedResult:

@@ -21,9 +21,10 @@ from worker.ledger.payout_store import change, lock, lock_payout, lock_row
 from worker.ledger.payout_store import load as load_payout
 from worker.ledger.transaction import Transactions, Work
 from worker.payouts import policy
-from worker.payouts.matching import REASON_UNKNOWN_PAYOUT, mismatches
+from worker.payouts.matching import REASON_ORIGINATOR, REASON_UNKNOWN_PAYOUT, mismatches
 from worker.payouts.models import Payout, PayoutStatus, UnknownReason, canonical_json, result_summary
 from worker.payouts.policy import AnswerAction, ResultAction
+from worker.protocol.codes import ResultOutcome
 from worker.protocol.result import QueueTimeout, Result, parse_result_envelope
 from worker.protocol.status import interpret_status_answer
 
@@ -47,6 +48,8 @@ class ResultIntake(Protocol):
     def record(self, raw: bytes, result: Result, *, confirm_success: bool = False) -> ResultApplied: ...
 
     def record_queue_timeout(self, raw: bytes, notice: QueueTimeout) -> QueueTimeoutApplied: ...
+
+    def record_unparsable(self, raw: bytes, detail: str) -> int: ...
 
 
 def store_result(
@@ -191,11 +194,32 @@ class ResultStore:
             work.after_commit.append(metrics.QUEUE_TIMEOUTS.inc)
             return QueueTimeoutApplied(payout, changed, note)
 
+    def record_unparsable(self, raw: bytes, detail: str) -> int:
+        """Keep a callback body that cannot be read as a result, in ``results`` and in the quarantine.
+
+        It may still be a genuine result in a shape we do not know: once it is stored M-PESA can be answered
+        "success", and a human reads it (``mpesa-b2c dead show q:ID``). Nothing is applied. Returns the
+        quarantine id.
+        """
+        note = f"not a readable result: {detail}"
+        with self._tx.write() as work:
+            work.session.run(
+                "INSERT INTO results (received_at, raw, disposition, applied, note) VALUES (?, ?, ?, ?, ?)",
+                work.session.time(work.now),
+                bytes(raw),
+                str(Disposition.UNPARSABLE),
+                False,
+                note[:_NOTE_LENGTH],
+            )
+            return quarantine.insert(
+                work.session, work.now, raw, None, payout_id=None, reason=quarantine.REASON_UNPARSABLE, detail=note
+            )
+
 
 def _apply_result(
     work: Work, raw: bytes, result: Result, *, verify: bool = True, confirm_success: bool = False
 ) -> ResultApplied:
-    answered = _apply_status_answer(work, raw, result)
+    answered = _apply_status_answer(work, raw, result, verify=verify)
     if answered is not None:
         return answered
     payout: Payout | None = None
@@ -242,11 +266,27 @@ def _apply_result(
         )
         applied = True
     elif decision.action is ResultAction.LOOK_UP:
-        # The id reached M-PESA before (15/41): whatever that first request did decides; look it up.
-        lookup_soon(work, payout.payout_id, LookupTrigger.DUPLICATE)
+        # 15/41: the id reached M-PESA before, and that first request decides. 26 on an accepted payout:
+        # no other result follows. Either way only a lookup can tell what happened.
+        not_processed = result.outcome is ResultOutcome.NOT_PROCESSED
+        trigger = LookupTrigger.NOT_PROCESSED if not_processed else LookupTrigger.DUPLICATE
+        lookup_soon(work, payout.payout_id, trigger)
+    note = _flag_success_after_failure(work, payout, decision)
     disposition = _DISPOSITIONS[decision.action]
-    store_result(work, raw, result, disposition=disposition, payout=payout, applied=applied, note=decision.note)
+    store_result(work, raw, result, disposition=disposition, payout=payout, applied=applied, note=note)
     return ResultApplied(ApplyOutcome(disposition), payout, None)
+
+
+def _flag_success_after_failure(work: Work, payout: Payout, decision: policy.ResultDecision) -> str:
+    """Paid, says M-PESA, after the payer was told it was not: paying again under a new id pays twice, so a
+    human must settle it. The result row's note (flagged or not)."""
+    if (
+        decision.action is ResultAction.CONFLICT
+        and decision.target is PayoutStatus.COMPLETED
+        and payout.status in (PayoutStatus.FAILED, PayoutStatus.REJECTED)
+    ):
+        return flag_in(work, payout, FlagReason.SUCCESS_AFTER_FAILURE, decision.note)[2]
+    return decision.note
 
 
 def _finalise(work: Work, payout: Payout, target: PayoutStatus, result: Result) -> Payout:
@@ -297,8 +337,12 @@ def _finalise(work: Work, payout: Payout, target: PayoutStatus, result: Result) 
     return payout
 
 
-def _apply_status_answer(work: Work, raw: bytes, result: Result) -> ResultApplied | None:
-    """If ``result`` answers one of our status queries, apply it and return what it did; else None."""
+def _apply_status_answer(work: Work, raw: bytes, result: Result, *, verify: bool) -> ResultApplied | None:
+    """If ``result`` answers one of our status queries, apply it and return what it did; else None.
+
+    An answer that does not match its payout is quarantined with its body, like a direct result, and the
+    payout flagged for review (``verify`` off: an operator's release, after confirming it with M-PESA).
+    """
     originator = result.originator_conversation_id
     if not originator:
         return None
@@ -310,7 +354,8 @@ def _apply_status_answer(work: Work, raw: bytes, result: Result) -> ResultApplie
         return None
     payout = load_payout(work.session.engine, lock_row(work, str(query["payout_id"])))
     answer = interpret_status_answer(result)
-    decision = policy.decide_answer(payout, answer.verdict, answer.original, answer.target, _held_success(work, payout))
+    held = _held_success(work, payout)
+    decision = policy.decide_answer(payout, answer.verdict, answer.original, answer.target, held, verify=verify)
     payout, applied, note = _apply_answer(work, payout, decision, answer.verdict, answer.original)
     note = f"status answer ({answer.detail}): {note}"
     if query["answered_at"] is None:
@@ -325,9 +370,14 @@ def _apply_status_answer(work: Work, raw: bytes, result: Result) -> ResultApplie
             note[:_NOTE_LENGTH],
             originator,
         )
-    store_result(work, raw, result, disposition=Disposition.STATUS_QUERY, payout=payout, applied=applied, note=note)
     verdict = str(answer.verdict)
     work.after_commit.append(lambda: metrics.STATUS_QUERY_ANSWERS.labels(verdict=verdict).inc())
+    if decision.action is AnswerAction.MISMATCH:
+        reason = decision.reason or REASON_ORIGINATOR
+        quarantine.insert(work.session, work.now, raw, result, payout_id=payout.payout_id, reason=reason, detail=note)
+        store_result(work, raw, result, disposition=Disposition.QUARANTINED, payout=payout, applied=False, note=note)
+        return ResultApplied(ApplyOutcome.QUARANTINED, payout, reason)
+    store_result(work, raw, result, disposition=Disposition.STATUS_QUERY, payout=payout, applied=applied, note=note)
     log.info("payout %s: %s", payout.payout_id, note)
     return ResultApplied(ApplyOutcome.STATUS_ANSWER, payout)
 
@@ -338,8 +388,11 @@ def _apply_answer(
     """Write one status-answer decision to the locked payout: (payout after, whether it changed, why)."""
     action = decision.action
     if action is AnswerAction.MISMATCH:
-        work.after_commit.append(metrics.RESULTS_CONFLICTING.inc)
-        log.error("payout %s: a status answer does not match it (%s); not applied", payout.payout_id, decision.note)
+        log.error(
+            "payout %s: a status answer does not match it (%s); quarantined, not applied",
+            payout.payout_id,
+            decision.note,
+        )
         return flag_in(work, payout, FlagReason.ANSWER_MISMATCH, decision.note)
     if action is AnswerAction.CONTRADICTED:
         return flag_in(work, payout, FlagReason.CONFIRMATION_CONTRADICTED, decision.note)

@@ -33,12 +33,15 @@ from worker.ledger.lookup_store import Resends
 from worker.ledger.payout_store import Payments
 from worker.payouts.models import (
     Payout,
+    PayoutCommand,
     PayoutStatus,
+    RefusalReason,
     RejectionReason,
     UnknownReason,
     extract_payout_id,
     originator_conversation_id,
     parse_command,
+    parse_repeat,
 )
 from worker.protocol.codes import ResponseOutcome
 from worker.redact import mask_msisdn
@@ -106,7 +109,7 @@ class PayoutProcessor:
     def handle(self, delivery: Delivery) -> Disposition:
         metrics.COMMANDS_RECEIVED.inc()
         try:
-            command = parse_command(delivery.body, amount_min=self._mpesa.amount_min, amount_max=self._mpesa.amount_max)
+            command = self._validate(delivery.body)
         except InvalidCommand as exc:
             return self._reject_invalid(delivery, exc)
 
@@ -114,8 +117,12 @@ class PayoutProcessor:
         recorded = self._payouts.record(command, originator)
         payout = recorded.payout
         if recorded.outcome is RecordOutcome.CONFLICT:
-            metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.IDEMPOTENCY_CONFLICT.value).inc()
-            log.info("payout %s: same payout_id, different content; refused, original untouched", payout.payout_id)
+            metrics.COMMANDS_REFUSED.labels(reason=RefusalReason.IDEMPOTENCY_CONFLICT.value).inc()
+            log.info(
+                "payout %s: same payout_id, different content; command refused, payout (%s) untouched",
+                payout.payout_id,
+                payout.status,
+            )
             return self._publish_then_ack(payout.payout_id)
         if payout.status is PayoutStatus.RECEIVED and self._flow is not None and self._deferrer is not None:
             held = self._flow.admit()
@@ -130,6 +137,15 @@ class PayoutProcessor:
             self._payouts.note_duplicate(payout.payout_id)
             return self._publish_then_ack(payout.payout_id)
         return self._send(claim.payout, delivery, resend=claim.resend)
+
+    def _validate(self, body: bytes) -> PayoutCommand:
+        """The payout_id is looked up first: a recorded payout's stored command is authoritative, so a
+        redelivery or replay of it is that payout (duplicate or resume) even if today's amount limits would
+        refuse it. Only a payout_id not recorded is judged by today's rules."""
+        payout_id = extract_payout_id(body)
+        if payout_id is not None and self._payouts.get(payout_id) is not None:
+            return parse_repeat(body)
+        return parse_command(body, amount_min=self._mpesa.amount_min, amount_max=self._mpesa.amount_max)
 
     def _claim(self, payout: Payout) -> _Claim:
         after = self._payouts.claim_send(payout.payout_id, expected_attempts=payout.send_attempts)
@@ -320,12 +336,18 @@ class PayoutProcessor:
             metrics.COMMANDS_REJECTED.labels(reason=reason.value).inc()
 
     def _reject_invalid(self, delivery: Delivery, exc: InvalidCommand) -> Disposition:
-        metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.INVALID_COMMAND.value).inc()
+        """``payout.rejected`` if nothing is recorded under its payout_id, else ``command.refused`` (the
+        ledger decides, in the transaction that keeps the body); dead-lettered either way."""
         payout_id = extract_payout_id(delivery.body)
         log.info("invalid command (payout_id %s): %s", payout_id or "unknown", exc)
-        self._payouts.record_invalid(
+        recorded = self._payouts.record_invalid(
             delivery.body, payout_id=payout_id, reason=RejectionReason.INVALID_COMMAND.value, message=str(exc)
         )
+        if recorded is None:
+            metrics.COMMANDS_REJECTED.labels(reason=RejectionReason.INVALID_COMMAND.value).inc()
+        else:
+            metrics.COMMANDS_REFUSED.labels(reason=RefusalReason.INVALID_COMMAND.value).inc()
+            log.info("payout %s: invalid command refused, payout (%s) untouched", recorded.payout_id, recorded.status)
         try:
             self._relay.flush(payout_id)
         except B2CError as error:

@@ -25,18 +25,45 @@ from worker.errors import B2CError
 from worker.events.relay import relay_for
 from worker.flow.control import FlowControl
 from worker.flow.deferral import Deferrer
+from worker.flow.limiter import RateDirection
 from worker.gateway import callback_urls
-from worker.gateway.g2 import Gateway
+from worker.gateway.g2 import AttemptReason, Gateway, HoldReason
 from worker.httpserver import RunningServer, start_server
 from worker.ledger import open_ledger
+from worker.ledger.flow_state import BreakerReason
 from worker.ledger.gauges import GAUGE_INTERVAL, update_ledger_gauges
+from worker.ledger.lookups import LookupAction, LookupTrigger, QueryResponse
 from worker.paying.handler import PayoutProcessor
 from worker.paying.lookups import LookupRunner
+from worker.payouts.models import FINAL_STATUSES, ROUTING_KEYS, CommandId, PayoutStatus, RejectionReason
+from worker.protocol.codes import ResponseOutcome
+from worker.protocol.request import STATUS_QUERY_COMMAND
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FLOW_INTERVAL = 0.25
+
+
+def worker_series(deferral_tiers: Iterable[str]) -> metrics.BoundedSeries:
+    """Every series of a closed label set the worker increments (see :func:`worker.metrics.start_at_zero`)."""
+    commands = (*CommandId, STATUS_QUERY_COMMAND)
+    return {
+        metrics.COMMANDS_REJECTED: metrics.every(reason=RejectionReason),
+        metrics.DEAD_LETTERS: metrics.every(reason=RejectionReason),
+        metrics.B2C_CALLS: metrics.every(command=commands, outcome=(*ResponseOutcome, "not_sent")),
+        metrics.B2C_CALL_SECONDS: metrics.every(command=commands),
+        metrics.B2C_RETRIES: metrics.every(reason=AttemptReason),
+        metrics.PAYOUT_TRANSITIONS: metrics.every(status=PayoutStatus),
+        metrics.COMMAND_TO_FINAL_SECONDS: metrics.every(status=FINAL_STATUSES),
+        metrics.EVENTS_PUBLISHED: metrics.every(routing_key=ROUTING_KEYS),
+        metrics.LOOKUPS: metrics.every(trigger=LookupTrigger, action=LookupAction),
+        metrics.STATUS_QUERIES: metrics.every(outcome=QueryResponse),
+        metrics.CIRCUIT_OPENINGS: metrics.every(reason=BreakerReason),
+        metrics.COMMANDS_HELD: metrics.every(reason=HoldReason),
+        metrics.DEFERRALS: metrics.every(tier=deferral_tiers),
+        metrics.RATE_LIMIT_ADJUSTMENTS: metrics.every(direction=RateDirection),
+    }
 
 
 class WorkerService:
@@ -59,6 +86,7 @@ class WorkerService:
             settings.flow.retry_delays,
             lambda: ConfirmedPublisher(settings.amqp.url, name="mpesa-b2c-deferrals"),
         )
+        metrics.start_at_zero(worker_series(self.deferrer.labels))
         self.processor = PayoutProcessor(
             settings,
             self.ledger.payouts,

@@ -21,6 +21,21 @@ changed over the years, so refusing on absence would quarantine genuine results.
 readable and different is a mismatch. A genuine result quarantined by mistake is not lost: the payout stays
 ``accepted`` until a status query (or an operator's ``mpesa-b2c dead release``) settles it. The names of
 the checks are the metric's ``reason`` label (bounded).
+
+A status query's answer (:func:`answer_mismatches`) describes the original payment and is checked the same
+way, field by field (PROTOCOL §5: Daraja sends ``Amount`` and ``CreditPartyName``; G2's names are
+unconfirmed):
+
+- ``amount``: an answer that says "paid" must carry a readable amount equal to the payout's; without one the
+  payout is flagged for review, never completed, since a completion is what a forger would want and every
+  known answer (Daraja's, the simulator's) carries ``Amount``. An answer that says "failed" is checked only
+  when it carries an amount.
+- ``msisdn``: a present, readable ``CreditPartyName`` must show the payout's number; an absent, masked or
+  unreadable one is tolerated exactly as on a direct result, because no source confirms that G2 answers
+  carry it, and refusing on absence would flag every genuine answer there.
+- The OriginatorConversationID is checked by the caller against the answer's target (it names the query's
+  own id at the top, the payment's in its parameters), and the ConversationID is not checked: the
+  parameter's meaning in a G2 answer is unconfirmed.
 """
 
 from __future__ import annotations
@@ -97,12 +112,28 @@ def mismatches(payout: Payout, result: Result) -> list[Mismatch]:
                 f"ConversationID {result.conversation_id!r}, payout has {payout.conversation_id!r}",
             )
         )
-    amount_text = _parameter(result.parameters, _AMOUNT_KEYS)
-    amount = parse_money(amount_text)
+    paid = result.outcome is ResultOutcome.COMPLETED
+    found.extend(
+        _money_mismatches(payout, result, paid=paid, missing="a success result without a readable TransactionAmount")
+    )
+    return found
+
+
+def answer_mismatches(payout: Payout, original: Result, *, paid: bool) -> list[Mismatch]:
+    """Every check a status answer's ``original`` payment fails against ``payout``; ``paid``: it says
+    completed, so it must carry the amount."""
+    return _money_mismatches(
+        payout, original, paid=paid, missing="a status answer saying paid without a readable Amount"
+    )
+
+
+def _money_mismatches(payout: Payout, result: Result, *, paid: bool, missing: str) -> list[Mismatch]:
+    found: list[Mismatch] = []
+    amount = parse_money(_parameter(result.parameters, _AMOUNT_KEYS))
     if amount is not None and amount != payout.command.amount:
         found.append(Mismatch(REASON_AMOUNT, f"amount {amount}, payout is for {payout.command.amount}"))
-    elif amount is None and result.outcome is ResultOutcome.COMPLETED:
-        found.append(Mismatch(REASON_AMOUNT, "a success result without a readable TransactionAmount"))
+    elif amount is None and paid:
+        found.append(Mismatch(REASON_AMOUNT, missing))
     name = _parameter(result.parameters, _NAME_KEYS)
     if name is not None and msisdn_agrees(name, payout.command.msisdn) is False:
         found.append(Mismatch(REASON_MSISDN, "the recipient's number is not the payout's"))

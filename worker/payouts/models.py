@@ -12,12 +12,16 @@ Because ``metadata`` may hold such numbers, everything this module produces is s
 
 Events are derived from the ledger (:func:`build_event`) and routed by :func:`event_routing_key` to one of
 five keys: ``payout.accepted``, ``payout.rejected``, ``payout.unknown``, ``payout.completed``,
-``payout.failed``. A repeated command (same ``payout_id``, same content) is answered with an event carrying
+``payout.failed``. A command refused because a payout is already recorded under its payout_id (it conflicts
+with that payout, or is invalid) is not news about that payout, which may be accepted or paid: it is a
+:func:`build_refusal` on ``command.refused``, with no ``status`` a payer could read as the payout's.
+
+A repeated command (same ``payout_id``, same content) is answered with an event carrying
 ``"duplicate": true`` and the payout's *current* status. A payout that is still ``received`` or ``sending``
 has had no answer from M-PESA yet; for a payer both mean what ``payout.accepted`` means: "we have it, it
 will be paid at most once, wait for completed/failed, nothing to do". So those two statuses route to
-``payout.accepted`` (the event's ``status`` field stays precise). Not ``payout.unknown``: that one asks for
-reconciliation, a false alarm for a payout that simply has not been answered yet.
+``payout.accepted`` (the event's ``status`` field stays precise). Not ``payout.unknown``: that one says the
+money may have moved and is being looked up, a false alarm for a payout that simply has not been answered yet.
 """
 
 from __future__ import annotations
@@ -110,12 +114,20 @@ class CommandId(StrEnum):
 
 
 class RejectionReason(StrEnum):
-    """Why a command was refused; a closed set so payers can branch on it (add members, never rename)."""
+    """Why a payout was rejected (nothing was or will be paid under its payout_id); a closed set so payers can
+    branch on it (add members, never rename). ``idempotency_conflict`` moved to :class:`RefusalReason`: it
+    says nothing about the payout recorded under that id."""
 
     INVALID_COMMAND = "invalid_command"
-    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     MPESA_REJECTED = "mpesa_rejected"
     DELIVERY_LIMIT = "delivery_limit"
+
+
+class RefusalReason(StrEnum):
+    """Why a command was refused while a payout is recorded under its payout_id; that payout is untouched."""
+
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    INVALID_COMMAND = "invalid_command"
 
 
 class UnknownReason(StrEnum):
@@ -267,8 +279,11 @@ class PayoutCommand:
 
     def fingerprint(self) -> str:
         """SHA-256 hex of the canonical content: equal for the same payout however the payer spelt the
-        number or the amount (``100`` and ``"100.00"``), different if any field or metadata differs."""
-        return hashlib.sha256(canonical_json(self.content())).hexdigest()
+        number or the amount (``100`` and ``"100.00"``) or a number in the metadata (``1`` and ``1.0``: a
+        payer's JSON library may re-serialise it, and a conflict would refuse a true repeat), different if
+        any field or any metadata value differs."""
+        content = {**self.content(), "metadata": same_numbers(self.metadata)}
+        return hashlib.sha256(canonical_json(content)).hexdigest()
 
     def to_json(self) -> bytes:
         return canonical_json(self.content())
@@ -278,6 +293,38 @@ class PayoutCommand:
         """Load a command stored by ``to_json``. The amount limits are not applied again: they guarded the
         command when it arrived and may have changed since. Raises InvalidCommand if the body is corrupt."""
         return _parse(body, None, None)
+
+
+def same_numbers(value: Any) -> Any:
+    """``value`` with every number replaced by one spelling of its value (``1``, ``1.0``, ``10E-1`` and
+    ``-0.0E3``/``0`` alike), without expanding exponents (``1E+999999`` stays short). Other JSON values are
+    kept as they are: strings, keys, booleans and null compare exactly, arrays in order."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return _one_spelling(Decimal(value))
+    if isinstance(value, float):
+        return _one_spelling(Decimal(repr(value))) if math.isfinite(value) else value
+    if isinstance(value, Decimal):
+        return _one_spelling(value)
+    if isinstance(value, Mapping):
+        return {key: same_numbers(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [same_numbers(item) for item in value]
+    return value
+
+
+def _one_spelling(number: Decimal) -> Decimal:
+    if not number.is_finite():
+        return number  # canonical_json refuses it
+    _, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)
+    if not any(digits):
+        return Decimal(0)
+    kept = len(digits)
+    while digits[kept - 1] == 0:
+        kept -= 1
+    return Decimal((int(number.is_signed()), digits[:kept], exponent + len(digits) - kept))
 
 
 def format_amount(amount: Decimal) -> str:
@@ -290,6 +337,16 @@ def parse_command(
 ) -> PayoutCommand:
     """Validate an untrusted command body; raises only InvalidCommand (field ``$`` for the body itself)."""
     return _parse(body, amount_min, amount_max)
+
+
+def parse_repeat(body: bytes) -> PayoutCommand:
+    """Validate an untrusted command whose payout_id is already recorded, by the rules that do not change.
+
+    The recorded command is authoritative: it passed the amount limits when it arrived, and a repeat of it
+    (a redelivery, a replay) is answered as that payout even if the limits were narrowed since. Whether the
+    repeat is the same payout is the fingerprint's business. Raises only InvalidCommand.
+    """
+    return _parse(body, None, None)
 
 
 def extract_payout_id(body: bytes) -> str | None:
@@ -476,6 +533,9 @@ _ROUTING_KEYS: Mapping[PayoutStatus, str] = {
     PayoutStatus.FAILED: "payout.failed",
 }
 ROUTING_KEYS: frozenset[str] = frozenset(_ROUTING_KEYS.values())
+COMMAND_REFUSED_KEY = "command.refused"
+# What a payer binds to hear everything: the payouts' own events, and refusals of commands.
+EVENT_BINDINGS: tuple[str, ...] = ("payout.#", "command.#")
 
 
 def event_routing_key(status: PayoutStatus | str) -> str:
@@ -564,9 +624,9 @@ def build_event(  # noqa: C901 - checks an event against its closed vocabulary b
 ) -> dict[str, Any]:
     """An event valid against ``schemas/payout-event.schema.json``; serialize it with canonical_json.
 
-    ``payout`` is None when there is no ledger row to describe: an invalid command (pass ``payout_id`` if
-    :func:`extract_payout_id` found one) or an idempotency conflict (pass the conflicting ``command``, so
-    the event describes what was refused; the recorded payout keeps its own status). ``result`` defaults to
+    ``payout`` is None when there is no ledger row to describe: an invalid command for a payout_id nothing
+    is recorded under (pass ``payout_id`` if :func:`extract_payout_id` found one, or the ``command``). A
+    command refused because of a recorded payout is :func:`build_refusal`'s, never this. ``result`` defaults to
     ``payout.final_details``. A reason that does not belong to the status raises ValueError: reasons are a
     closed vocabulary payers branch on.
     """
@@ -616,4 +676,42 @@ def build_event(  # noqa: C901 - checks an event against its closed vocabulary b
         "response": response,
         "result": None if result is None else _normalise_result(result),
         "metadata": {} if subject is None else subject.metadata,
+    }
+
+
+def build_refusal(
+    recorded: Payout,
+    *,
+    reason: RefusalReason | str,
+    message: str,
+    command: PayoutCommand | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """A ``command.refused`` event (``schemas/command-refused.schema.json``): a command was refused because
+    ``recorded`` exists under its payout_id; that payout is untouched and keeps its own events.
+
+    It has no ``status``: a payer that keys events by payout_id must not read a refusal as the payout's
+    fate (a conflicting command for a paid payout is not "not paid"). ``recorded_status`` is for
+    information only. ``command`` is the refused command when it was readable (None for an invalid one).
+    """
+    reason = RefusalReason(reason)
+    if reason is RefusalReason.IDEMPOTENCY_CONFLICT and command is None:
+        raise ValueError("a conflict is described by the refused command")
+    refused = None
+    if command is not None:
+        refused = {
+            "amount": format_amount(command.amount),
+            "command": str(command.command),
+            "msisdn_masked": mask_msisdn(command.msisdn),
+            "metadata": command.metadata,
+        }
+    return {
+        "event_id": str(uuid.uuid4()),
+        "kind": COMMAND_REFUSED_KEY,
+        "payout_id": recorded.payout_id,
+        "reason": str(reason),
+        "message": (_masked(message) or "")[:MAX_EVENT_MESSAGE_LENGTH],
+        "occurred_at": isoformat_utc(now if now is not None else datetime.now(UTC)),
+        "recorded_status": str(recorded.status),
+        "refused_command": refused,
     }

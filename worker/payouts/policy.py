@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from worker.payouts.matching import REASON_ORIGINATOR, answer_mismatches
 from worker.payouts.models import FailureReason, Payout, PayoutStatus
 from worker.protocol.codes import ResultOutcome, normalise_code, result_category
 from worker.protocol.result import Result
@@ -125,6 +126,8 @@ def decide_result(payout: Payout, result: Result, *, confirm_success: bool) -> R
     ``confirm_success`` (B2C_CONFIRM_SUCCESS) holds a success unapplied until a status query confirms it.
     An unclassified result makes an ``accepted`` payout ``unknown``, never failed. A duplicate answer
     (15/41) means the id reached M-PESA before: the payout is looked up, since that first request decides.
+    A not-processed result (26) on an ``accepted`` payout is looked up too: no other result will come for
+    it, and left alone it would wait for the result timeout with nothing in the ledger saying why.
     """
     outcome = result.outcome
     if outcome in (ResultOutcome.COMPLETED, ResultOutcome.FAILED):
@@ -144,6 +147,8 @@ def decide_result(payout: Payout, result: Result, *, confirm_success: bool) -> R
         return ResultDecision(ResultAction.TO_UNKNOWN, "accepted payout now unknown", PayoutStatus.UNKNOWN)
     note = f"result outcome {outcome}: payout stays {payout.status}"
     if outcome is ResultOutcome.DUPLICATE and not payout.is_final:
+        return ResultDecision(ResultAction.LOOK_UP, note + "; looked up now")
+    if outcome is ResultOutcome.NOT_PROCESSED and payout.status is PayoutStatus.ACCEPTED:
         return ResultDecision(ResultAction.LOOK_UP, note + "; looked up now")
     return ResultDecision(ResultAction.KEEP, note)
 
@@ -165,11 +170,13 @@ class AnswerAction(StrEnum):
 @dataclass(frozen=True)
 class AnswerDecision:
     """``note`` says why; for MISMATCH/CONTRADICTED it is the detail of the review flag. ``use`` is the
-    result to finalise with (COMPLETE: the held success if there is one; FAIL: the original)."""
+    result to finalise with (COMPLETE: the held success if there is one; FAIL: the original). ``reason``
+    (MISMATCH only) is the first failed check of :mod:`worker.payouts.matching`, the quarantine reason."""
 
     action: AnswerAction
     note: str
     use: Result | None = None
+    reason: str | None = None
 
 
 EXPIRED_IN_CACHE_MESSAGE = "M-PESA cached the request and has no record of executing it; resending with the same id"
@@ -181,21 +188,30 @@ def decide_answer(  # noqa: C901 - money path: one branch per verdict, guards fi
     original: Result | None,
     target: str | None,
     held: Result | None,
+    *,
+    verify: bool = True,
 ) -> AnswerDecision:
     """Decide only what the answer clearly says: completed (with an amount that agrees) or failed finally.
 
     ``original`` is the original payment as the answer describes it, ``target`` the OriginatorConversationID
-    it describes, ``held`` a success kept for confirmation. "Not found" for an ``unknown``/``sending`` payout,
+    it describes, ``held`` a success kept for confirmation. The answer is matched against the payout like a
+    direct result (:func:`worker.payouts.matching.answer_mismatches`), unless ``verify`` is off (an operator
+    releases it after confirming it with M-PESA). "Not found" for an ``unknown``/``sending`` payout,
     or an ``accepted`` one M-PESA only cached, means it never reached the core: a resend under the same id
     is due. "Not found" for anything else changes nothing: it may not be visible yet.
     """
-    if target and target != payout.originator_conversation_id:
-        return AnswerDecision(AnswerAction.MISMATCH, f"describes OriginatorConversationID {target!r}, not the payout's")
-    if verdict in (StatusVerdict.COMPLETED, StatusVerdict.FAILED):
+    if verify and target and target != payout.originator_conversation_id:
+        return AnswerDecision(
+            AnswerAction.MISMATCH,
+            f"describes OriginatorConversationID {target!r}, not the payout's",
+            reason=REASON_ORIGINATOR,
+        )
+    if verify and verdict in (StatusVerdict.COMPLETED, StatusVerdict.FAILED):
         assert original is not None
-        amount = original.details.amount
-        if verdict is StatusVerdict.COMPLETED and amount is not None and amount != payout.command.amount:
-            return AnswerDecision(AnswerAction.MISMATCH, f"amount {amount}, payout is for {payout.command.amount}")
+        found = answer_mismatches(payout, original, paid=verdict is StatusVerdict.COMPLETED)
+        if found:
+            note = "; ".join(mismatch.detail for mismatch in found)
+            return AnswerDecision(AnswerAction.MISMATCH, note, reason=found[0].reason)
     if payout.is_final:
         return _final(payout, verdict)
     if verdict is StatusVerdict.COMPLETED:

@@ -1,8 +1,8 @@
 """The callback receiver: result -> ledger -> events, and only then "success" to M-PESA.
 
 M-PESA may never send a result again once we answered success, so the raw body is committed to the ledger
-before the answer. Publishing the event is attempted right away, but a broker outage does not turn a stored
-result into an error answer: the outbox relay publishes it later.
+before the answer. The answer never waits for the broker: the result's events are in the outbox, and the
+relay is only nudged (:meth:`worker.events.relay.OutboxRelay.nudge`) to publish them from its own thread.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from worker.errors import B2CError, LedgerError, ProtocolError
 from worker.events.relay import OutboxRelay
 from worker.ledger import ApplyOutcome, ResultApplied
 from worker.ledger.outbox import OutboxBacklog
+from worker.ledger.quarantine import REASON_UNPARSABLE
 from worker.ledger.result_store import ResultIntake
 from worker.protocol.codes import RESULT_CODES
 from worker.protocol.response import build_response_envelope
 from worker.protocol.result import Result, build_queue_timeout_response, parse_queue_timeout, parse_result_envelope
-from worker.receiver.guard import ReceiverGuard
+from worker.receiver.guard import ReceiverGuard, Refusal
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,30 +68,32 @@ class CallbackReceiver:
             return self._health(start_response)
         if not self._guard.source_allowed(environ):
             # Before the path check: an outsider must not learn whether a token guess was right.
-            return _refuse(start_response, "network", "403 Forbidden", "forbidden\n")
+            return _refuse(start_response, Refusal.NETWORK, "403 Forbidden", "forbidden\n")
         route = self._guard.route(path)
         if route in ("result", "queue_timeout"):
             if method != "POST":
-                return _refuse(start_response, "method", "405 Method Not Allowed", "POST only\n")
+                return _refuse(start_response, Refusal.METHOD, "405 Method Not Allowed", "POST only\n")
             body = _read_body(environ, self._max_body)
             if body is None:
                 too_large = f"body over {self._max_body} bytes\n"
-                return _refuse(start_response, "too_large", "413 Content Too Large", too_large)
+                return _refuse(start_response, Refusal.TOO_LARGE, "413 Content Too Large", too_large)
             if "xml" not in environ.get("CONTENT_TYPE", "").lower():
-                return _refuse(start_response, "content_type", "415 Unsupported Media Type", "expected text/xml\n")
+                return _refuse(
+                    start_response, Refusal.CONTENT_TYPE, "415 Unsupported Media Type", "expected text/xml\n"
+                )
             if route == "result":
                 return self._result(body, start_response)
             return self._queue_timeout(body, start_response)
         # A wrong or missing token looks exactly like any unknown path.
-        return _refuse(start_response, "token" if route == "token" else "not_found", "404 Not Found", "not found\n")
+        return _refuse(
+            start_response, Refusal.TOKEN if route == "token" else Refusal.NOT_FOUND, "404 Not Found", "not found\n"
+        )
 
     def _result(self, raw: bytes, start_response: StartResponse) -> Iterable[bytes]:
         try:
             result = parse_result_envelope(raw)
         except ProtocolError as exc:
-            metrics.RESULTS_INVALID.inc()
-            log.warning("refused a result body of %d bytes: %s", len(raw), exc)
-            return _plain(start_response, "400 Bad Request", "not a GenericAPIResult\n")
+            return self._unparsable(raw, f"result: {exc}", start_response, _SUCCESS, _INTERNAL_ERROR)
         try:
             applied = self._results.record(raw, result, confirm_success=self._confirm_success)
         except LedgerError:
@@ -100,6 +103,24 @@ class CallbackReceiver:
         if applied.payout is not None:
             self._relay_events(applied.payout.payout_id)
         return _xml(start_response, "200 OK", _SUCCESS)
+
+    def _unparsable(
+        self, raw: bytes, detail: str, start_response: StartResponse, stored: bytes, not_stored: bytes
+    ) -> Iterable[bytes]:
+        """A body on the secret path that we cannot read may still be M-PESA's, in a shape we do not know.
+
+        Kept in the quarantine before the answer, then answered like any stored callback: "success" says we
+        have it, and an error answer would at best get the same bytes again. Only a failed store is an error.
+        """
+        metrics.RESULTS_INVALID.inc()
+        try:
+            entry = self._results.record_unparsable(raw, detail)
+        except LedgerError:
+            log.exception("could not store an unparsable callback body of %d bytes; answering an error", len(raw))
+            return _xml(start_response, "500 Internal Server Error", not_stored)
+        metrics.RESULTS_QUARANTINED.labels(reason=REASON_UNPARSABLE).inc()
+        log.error("unparsable callback body of %d bytes kept as q:%d, not applied: %s", len(raw), entry, detail)
+        return _xml(start_response, "200 OK", stored)
 
     def _count(self, result: Result, applied: ResultApplied) -> None:
         outcome = applied.outcome
@@ -140,18 +161,15 @@ class CallbackReceiver:
                     metrics.ACCOUNT_BALANCE.labels(account=account).set(float(value))
 
     def _relay_events(self, payout_id: str) -> None:
-        try:
-            self._relay.flush(payout_id)
-        except B2CError as exc:
-            log.warning("result stored; its events stay in the outbox until the broker is back: %s", exc)
+        self._relay.nudge(payout_id)
 
     def _queue_timeout(self, raw: bytes, start_response: StartResponse) -> Iterable[bytes]:
         try:
             notice = parse_queue_timeout(raw)
         except ProtocolError as exc:
-            metrics.RESULTS_INVALID.inc()
-            log.warning("refused a queue-timeout body of %d bytes: %s", len(raw), exc)
-            return _plain(start_response, "400 Bad Request", "not a notifyQueueTimeout\n")
+            return self._unparsable(
+                raw, f"queue timeout: {exc}", start_response, _TIMEOUT_SUCCESS, _TIMEOUT_INTERNAL_ERROR
+            )
         log.warning(
             "M-PESA queue timeout for OriginatorConversationID %s: not executed unless a status query says so",
             notice.originator_conversation_id,
@@ -193,8 +211,8 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes | None:
     return None if len(body) > limit else body
 
 
-def _refuse(start_response: StartResponse, reason: str, status: str, text: str) -> list[bytes]:
-    metrics.CALLBACKS_REFUSED.labels(reason=reason).inc()
+def _refuse(start_response: StartResponse, reason: Refusal, status: str, text: str) -> list[bytes]:
+    metrics.CALLBACKS_REFUSED.labels(reason=str(reason)).inc()
     return _plain(start_response, status, text)
 
 

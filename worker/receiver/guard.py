@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Mapping
+from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
@@ -24,6 +25,17 @@ log = logging.getLogger(__name__)
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
+
+
+class Refusal(StrEnum):
+    """Why a request was refused before its body was parsed: the ``reason`` of ``mpesa_b2c_callbacks_refused_total``."""
+
+    NETWORK = "network"
+    METHOD = "method"
+    TOO_LARGE = "too_large"
+    CONTENT_TYPE = "content_type"
+    TOKEN = "token"  # noqa: S105 - the reason label (a wrong token), not a token
+    NOT_FOUND = "not_found"
 
 
 def parse_address(text: str) -> Address | None:

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.commands import make_command
 from tests.support.ledger import make_result, ocid, result_body
+from worker.errors import RearmRefused, UnknownPayout
 from worker.ledger import (
     ApplyOutcome,
     FlagReason,
@@ -318,6 +319,36 @@ def test_flagged_payouts_rest_until_rearmed(ledger: Ledger) -> None:
     assert ledger.lookups.count_flagged() == 0
 
 
+def stuck_resend(ledger: Ledger) -> str:
+    """A payout ``sending`` after a resend of ours whose process died: only its lookup count makes it due."""
+    payout_id = unknown_payout(ledger)
+    ledger.results.record(*status_answer(query(ledger, payout_id), code="49"))
+    assert ledger.lookups.claim_resend(payout_id, expected_attempts=1, retry_after=0.0) is not None
+    return payout_id
+
+
+def completed_payout(ledger: Ledger) -> str:
+    payout_id = unknown_payout(ledger)
+    ledger.results.record(*make_result(code="0", originator=ocid(payout_id)))
+    return payout_id
+
+
+@pytest.mark.parametrize(
+    ("make", "status"), [(stuck_resend, PayoutStatus.SENDING), (completed_payout, PayoutStatus.COMPLETED)]
+)
+def test_rearm_refuses_a_payout_it_cannot_hand_back(ledger: Ledger, make: Any, status: PayoutStatus) -> None:
+    """Rearming resets the lookup count, and for a stuck resend that count is what keeps it due: rearmed, it
+    would drop out of every lookup and off the review gauge. A final payout has nothing to look up."""
+    payout_id = make(ledger)
+    ledger.lookups.flag_for_review(payout_id, reason=FlagReason.MAX_ATTEMPTS)
+    before = ledger.lookups.lookup_state(payout_id)
+    with pytest.raises(RearmRefused, match=str(status)):
+        ledger.lookups.rearm_lookup(payout_id)
+    assert ledger.lookups.lookup_state(payout_id) == before, "nothing changed"
+    with pytest.raises(UnknownPayout):
+        ledger.lookups.rearm_lookup("nobody")
+
+
 def test_a_final_payout_is_not_counted_as_flagged(ledger: Ledger) -> None:
     payout_id = unknown_payout(ledger)
     ledger.lookups.flag_for_review(payout_id, reason=FlagReason.MAX_ATTEMPTS)
@@ -363,3 +394,34 @@ def test_a_resend_m_pesa_did_not_process_stays_due(ledger: Ledger) -> None:
     ledger.lookups.resend_not_taken(payout_id, code=None, description="held", not_processed=True, held=True)
     task = due(ledger)[payout_id]
     assert task.action is LookupAction.RESEND and task.attempts == 2, "the held resend was given back"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"Amount": ""}, "amount"),
+        ({"CreditPartyName": "254799999999 - Someone Else"}, "msisdn"),
+    ],
+)
+def test_an_answer_saying_paid_is_matched_like_a_direct_result(
+    ledger: Ledger, changes: dict[str, str], reason: str
+) -> None:
+    """Issue #11 finding 7: quarantined with its body and the payout flagged, never completed."""
+    payout_id = accepted_payout(ledger)
+    params = {**completed_params(payout_id), **changes}
+    applied = ledger.results.record(*status_answer(query(ledger, payout_id, LookupTrigger.MISSING_RESULT), **params))
+    assert (applied.outcome, applied.quarantine_reason) == (ApplyOutcome.QUARANTINED, reason)
+    payout = ledger.payouts.get(payout_id)
+    assert payout is not None and payout.status is PayoutStatus.ACCEPTED
+    assert keys(ledger, payout_id) == ["payout.accepted"]
+    state = ledger.lookups.lookup_state(payout_id)
+    assert state is not None and state.flag_reason == FlagReason.ANSWER_MISMATCH.value
+    assert ledger.lookups.count_flagged() == 1
+    [entry] = ledger.quarantine.entries()
+    assert (entry.payout_id, entry.reason) == (payout_id, reason)
+
+    # An operator who confirmed it with M-PESA releases it: applied without the match check.
+    released = ledger.results.release_quarantined(entry.id, note="confirmed with M-PESA")
+    assert released.payout is not None and released.payout.status is PayoutStatus.COMPLETED
+    assert ledger.quarantine.entries() == []
+    assert ledger.lookups.count_flagged() == 0

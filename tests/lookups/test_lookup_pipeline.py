@@ -11,7 +11,8 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from tests.reconcile.conftest import FAST_LOOKUPS, prove_credential, warmup_ocid
+from tests.lookups.conftest import FAST_LOOKUPS, prove_credential, warmup_ocid
+from tests.support.commands import command_body
 from tests.support.fault_proxy import FaultProxy, all_of, first_payments_of, is_status_query
 from tests.support.pipeline import Harness
 from tests.support.waiting import wait_until
@@ -22,8 +23,8 @@ from worker.simulator import SimulatorOptions
 LOOKUPS_ONLY = SimulatorOptions(result_delay=30.0, query_result_delay=0.05, queue_timeout_delay=0.1, slow_seconds=2.0)
 
 
-def command(payout_id: str, msisdn: str, amount: str = "150.00") -> dict[str, object]:
-    return {"payout_id": payout_id, "msisdn": msisdn, "amount": amount}
+def command(payout_id: str, msisdn: str) -> dict[str, Any]:
+    return command_body(payout_id, msisdn, "150.00")
 
 
 def ocid(h: Harness, payout_id: str) -> str:

@@ -1,4 +1,4 @@
-"""Fixtures for the reconciliation tests: a ledger on both engines, a fault proxy (the harness is shared)."""
+"""Fixtures for the lookup tests: a ledger on both engines, a fault proxy (the harness is shared)."""
 
 from __future__ import annotations
 
