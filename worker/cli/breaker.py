@@ -2,8 +2,9 @@
 
 Closing is how sending resumes after a ``credential`` or ``config`` condition (no automatic probe exists for
 those, see :mod:`worker.flow.breaker`), and the quick way after topping up the utility account. It works on the
-shared state in the ledger's database, so every worker replica resumes within a fraction of a second; each
-process then proves the credential with one request before it sends freely.
+shared state in the ledger's database, so every worker replica resumes within a fraction of a second. After a
+credential condition the first result of one request proves the credential again, for every process that
+has the same credential; ``status`` lists when and by which process each credential was proven.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import socket
 from typing import Any
 
-from worker.flow.breaker import describe
+from worker.flow.breaker import describe, describe_proofs
 from worker.ledger import open_ledger
 from worker.ledger.flow_state import BreakerReason
 from worker.settings import Settings
@@ -34,7 +35,8 @@ def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 why = f" for {args.reason}" if args.reason else ""
                 print(f"circuit breaker of shortcode {key} was not open{why}")
-        print(json.dumps({"shortcode": key, **describe(store.breaker(key))}, indent=2))
+        proofs = describe_proofs(store.credential_proofs(key))
+        print(json.dumps({"shortcode": key, **describe(store.breaker(key)), "credential_proven": proofs}, indent=2))
     finally:
         ledger.close()
     return 0

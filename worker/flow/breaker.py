@@ -24,12 +24,17 @@ It opens, for one shortcode and every replica at once (the state is a row in the
     payment or status query carries the same credential, and repeated failures lock the operator account
     (8006). An operator fixes the cause and runs ``mpesa-b2c breaker close``.
 
-So that a wrong credential costs one failed request, not one per thread: after the start of every process
-and after every credential condition, a process sends nothing until one request of its own (the
-*canary*, at most one in flight fleet-wide) has come back with a result that proves the credential (paid,
-failed for an account or limit reason, or "not found" for a status query). The other threads wait for it
+So that a wrong credential costs one failed request, not one per thread: until a result has proven the
+credential (paid, failed for an account or limit reason, or "not found" for a status query), a process sends
+one request (the *canary*, at most one in flight fleet-wide) and nothing else. The other threads wait for it
 (a few seconds at most) or put their command back. A result for the canary that says "credential" opens
 the breaker; the canary was the only request sent with that credential.
+
+The proof is shared through the ledger (``credential_proofs``), keyed by the credential's *fingerprint*
+(:func:`credential_fingerprint`): a process, or a restart, whose credential was already proven sends freely
+at once; one whose credential differs in any part (a password rotated on one replica) proves its own. A
+credential condition starts a new credential epoch and deletes every proof of the shortcode, so every
+process proves its credential again.
 
 While the breaker is open the worker takes no commands (its consumer is cancelled, so commands stay in the
 queue); the reason is in the log, in ``mpesa_b2c_circuit_open{reason}`` and in the worker's ``/healthz``.
@@ -38,6 +43,8 @@ queue); the reason is in the log, in ``mpesa_b2c_circuit_open{reason}`` and in t
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import socket
 import threading
@@ -52,7 +59,14 @@ from urllib.parse import urlsplit
 from worker import metrics
 from worker.errors import B2CError
 from worker.gateway.g2 import NOT_SENT_REASONS, AttemptReason, HoldReason
-from worker.ledger.flow_state import BreakerReason, BreakerRow, BreakerState, FlowStore, already_open_for
+from worker.ledger.flow_state import (
+    BreakerReason,
+    BreakerRow,
+    BreakerState,
+    CredentialProof,
+    FlowStore,
+    already_open_for,
+)
 from worker.protocol.codes import (
     CodeCategory,
     ResponseOutcome,
@@ -62,6 +76,7 @@ from worker.protocol.codes import (
     result_category,
 )
 from worker.protocol.request import STATUS_QUERY_COMMAND
+from worker.settings import MpesaSettings
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +127,39 @@ def result_condition(code: str | None) -> BreakerReason | None:
     return None if category is None else _RESULT_CONDITIONS.get(category)
 
 
+FINGERPRINT_SALT = "credential-fingerprint"
+# scrypt's cost: about 16 MiB and tens of milliseconds a guess, for whoever tries passwords against the table.
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
+
+
+def credential_fingerprint(mpesa: MpesaSettings, salt: bytes) -> str | None:
+    """What identifies the credential in ``credential_proofs``, without revealing any part of it.
+
+    Every part that can make M-PESA refuse the credential goes in, so changing any of them changes the
+    fingerprint. Each part is public except the two passwords, so a fast hash would let anyone who reads the
+    table try passwords by the billion: scrypt over a random per-deployment salt (from the ledger, so every
+    replica agrees) makes each guess slow and a precomputed table useless. None when the certificate cannot be
+    read: the process then proves its credential by itself (the gateway reports the certificate).
+    """
+    try:
+        certificate = mpesa.cert_path.read_bytes()
+    except OSError:
+        return None
+    parts = [
+        mpesa.url,
+        mpesa.shortcode,
+        mpesa.sp_id,
+        mpesa.sp_password.reveal(),
+        mpesa.service_id,
+        mpesa.password_uppercase,
+        mpesa.initiator_name,
+        mpesa.initiator_password.reveal(),
+        hashlib.sha256(certificate).hexdigest(),
+    ]
+    material = json.dumps(parts).encode("utf-8")
+    return hashlib.scrypt(material, salt=salt, **_SCRYPT).hex()
+
+
 def _proves_credential(code: str | None) -> bool | None:
     """True: the credential works; False: it does not; None: this result cannot tell."""
     if code is None:
@@ -133,6 +181,11 @@ class Accepting:
 
 def _iso(epoch: float | None) -> str | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+def describe_proofs(proofs: list[CredentialProof]) -> list[dict[str, Any]]:
+    """The proven credentials for ``mpesa-b2c breaker status``: when and by whom, never the fingerprint."""
+    return [{"since": _iso(proof.proven_at), "proven_by": proof.proven_by} for proof in proofs]
 
 
 def describe(row: BreakerRow) -> dict[str, Any]:
@@ -177,8 +230,10 @@ class CircuitBreaker:
         owner: str | None = None,
         stop: threading.Event | None = None,
         on_open: Callable[[str], None] | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         self._store = store
+        self._fingerprint = fingerprint  # None: the proof is this process's alone
         self.key = key
         self.threshold = threshold
         self.probe_seconds = probe_seconds
@@ -193,11 +248,12 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._failures = 0
         self._verified_epoch: int | None = None
+        self._verified_at: float | None = None
         self._canary: str | None = None
         self._probe: str | None = None  # the last funds probe this process sent
         self._last_scan = 0.0
         self._cursor = max(0, store.last_result_id() - START_SCAN_ROWS)
-        self._row = store.breaker(key)
+        self._row = store.breaker(key, fingerprint=fingerprint)
         self._announced: tuple[bool, BreakerReason | None] = (self._row.open, self._row.reason)
         if self._row.open:
             log.error(self._describe_open(self._row))
@@ -236,13 +292,13 @@ class CircuitBreaker:
             if command == STATUS_QUERY_COMMAND:
                 # A lookup moves no money, and a funds condition proves the credential: lookups go on.
                 with self._lock:
-                    return None if self._verified_epoch == row.credential_epoch else HoldReason.BREAKER_OPEN
+                    return None if self._proven(row) else HoldReason.BREAKER_OPEN
             if self._store.take_probe(self.key, ocid, lease=self._probe_lease):
                 log.warning("circuit open (funds): sending %s as the probe", ocid)
                 self._probe = ocid
                 return None
             return HoldReason.BREAKER_OPEN
-        if verified_epoch == row.credential_epoch:
+        if verified_epoch == row.credential_epoch or row.credential_proven:
             return None
         if self._canary is not None:
             self._judge_canary(row)
@@ -250,7 +306,7 @@ class CircuitBreaker:
             if row.open:
                 return HoldReason.BREAKER_OPEN
             with self._lock:
-                if self._verified_epoch == row.credential_epoch:
+                if self._proven(row):
                     return None
         if row.canary_running and row.canary_id != ocid:
             return "wait"  # another request is the canary: no need to ask the database for the lease
@@ -327,16 +383,30 @@ class CircuitBreaker:
         """The breaker as this process last read it, and whether this process has proven its credential."""
         row = self._row
         with self._lock:
-            proven = self._verified_epoch == row.credential_epoch
-        return {**describe(row), "credential_proven": proven}
+            own = self._verified_epoch == row.credential_epoch
+            since = row.proven_at if row.credential_proven else self._verified_at if own else None
+            proven = own or row.credential_proven
+        return {**describe(row), "credential_proven": proven, "credential_proven_since": _iso(since)}
 
     # ----------------------------------------------------------------------------------- internals
 
     def _read(self) -> BreakerRow:
-        row = self._store.breaker(self.key)
+        row = self._store.breaker(self.key, fingerprint=self._fingerprint)
         self._row = row
         self._observe(row)
         return row
+
+    def _proven(self, row: BreakerRow) -> bool:
+        """Call with ``_lock`` held."""
+        return self._verified_epoch == row.credential_epoch or row.credential_proven
+
+    def _credential_works(self, epoch: int) -> None:
+        """A result of this process's own request proved its credential: remember it, and tell the fleet."""
+        with self._lock:
+            self._verified_epoch = epoch
+            self._verified_at = time.time()
+        if self._fingerprint is not None:
+            self._store.prove_credential(self.key, self._fingerprint, epoch=epoch, by=self.owner)
 
     def _accepting(self, row: BreakerRow) -> Accepting:
         if not row.open:
@@ -433,8 +503,7 @@ class CircuitBreaker:
                 self._open(condition, result.code, f"result {result.code} for the canary {canary}")
             else:
                 log.info("credential proven by the result of %s: sending freely", canary)
-            with self._lock:
-                self._verified_epoch = row.credential_epoch
+            self._credential_works(row.credential_epoch)
             self._release_canary()
         elif proof is False:
             assert result is not None
@@ -453,8 +522,7 @@ class CircuitBreaker:
         result = self._store.latest_result(probe)
         code = result.code if result is not None else None
         if probe == self._probe and _proves_credential(code):
-            with self._lock:
-                self._verified_epoch = row.credential_epoch  # this process's own request: its credential works
+            self._credential_works(row.credential_epoch)  # this process's own request: its credential works
         if code is not None and classify_result_code(code) is ResultOutcome.COMPLETED:
             if self._store.close_breaker(self.key, by=f"probe {probe}", reason=FUNDS) is not None:
                 log.warning("funds probe %s was paid: the account is funded again", probe)

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from worker.flow.breaker import Accepting, CircuitBreaker, safe_tick
+from worker.flow.breaker import FINGERPRINT_SALT, Accepting, CircuitBreaker, credential_fingerprint, safe_tick
 from worker.flow.limiter import RateLimiter
 from worker.gateway.g2 import AttemptReason, HoldReason
 from worker.ledger.flow_state import FlowStore
@@ -59,6 +59,7 @@ class FlowControl:
             canary_wait=canary_wait,
             stop=self.stop,
             on_open=on_hold,
+            fingerprint=credential_fingerprint(mpesa, store.salt(FINGERPRINT_SALT)),
         )
         self.limiter = RateLimiter(store, mpesa.shortcode, rate=flow.rate_limit, burst=flow.rate_burst, stop=self.stop)
 

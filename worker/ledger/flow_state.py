@@ -1,9 +1,11 @@
 """Flow-control state in the ledger's database, shared by every worker replica and the operator's CLI.
 
 Ledger migration 3 adds two tables: ``rate_limits`` (one GCRA row per shortcode) and ``gateway_state`` (the
-circuit breaker of one shortcode). Every change is one short write transaction that locks the row (``FOR
-UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` locks the whole file), so replicas sharing PostgreSQL,
-or processes sharing one SQLite file, see one consistent state. Times in these two tables are seconds since
+circuit breaker of one shortcode); migration 5 adds ``credential_proofs`` (the credential a result proved, per
+credential fingerprint) and ``salts`` (the random salt of those fingerprints). Every change is one short
+write transaction that locks the row (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` locks the
+whole file), so replicas sharing PostgreSQL, or processes sharing one SQLite file, see one consistent state.
+Times in these tables are seconds since
 the epoch on the database's clock (PostgreSQL's ``clock_timestamp()``; SQLite lives on one host, so the
 local clock): replicas on hosts whose clocks disagree still space their sends by one clock.
 
@@ -14,6 +16,7 @@ said, so no message between the receiver and the workers is needed.
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,6 +95,15 @@ class BreakerRow:
     canary_owner: str | None
     canary_until: float | None
     now: float
+    # The proof of the credential fingerprint the row was read for (``breaker(key, fingerprint=...)``).
+    proof_epoch: int | None = None
+    proven_at: float | None = None
+    proven_by: str | None = None
+
+    @property
+    def credential_proven(self) -> bool:
+        """A result proved this credential since the last credential condition (any replica's)."""
+        return self.proof_epoch is not None and self.proof_epoch == self.credential_epoch
 
     @property
     def probe_running(self) -> bool:
@@ -110,6 +122,14 @@ class StoredResult:
     originator_conversation_id: str | None
     code: str | None
     sent_at: float
+
+
+@dataclass(frozen=True)
+class CredentialProof:
+    """A credential proven by a result: when, and by which process (never the fingerprint itself)."""
+
+    proven_at: float
+    proven_by: str
 
 
 @dataclass(frozen=True)
@@ -241,6 +261,8 @@ class FlowStore:
         return row
 
     def _load(self, row: Row, now: float) -> BreakerRow:
+        proof_epoch = row.get("proof_epoch")
+
         def number(name: str) -> float | None:
             value = row[name]
             return None if value is None else float(value)
@@ -264,6 +286,9 @@ class FlowStore:
             canary_owner=row["canary_owner"],
             canary_until=number("canary_until"),
             now=now,
+            proof_epoch=None if proof_epoch is None else int(proof_epoch),
+            proven_at=number("proof_at") if "proof_at" in row else None,
+            proven_by=row.get("proof_by"),
         )
 
     def _update(self, session: Session[Any], key: str, **columns: Any) -> None:
@@ -271,11 +296,21 @@ class FlowStore:
         assignments = ", ".join(f"{name} = ?" for name in columns)
         session.run(f"UPDATE gateway_state SET {assignments} WHERE key = ?", *columns.values(), key)  # noqa: S608
 
-    def breaker(self, key: str) -> BreakerRow:
-        """The breaker of ``key`` (created closed on first use); a read, except that first time."""
+    def breaker(self, key: str, *, fingerprint: str | None = None) -> BreakerRow:
+        """The breaker of ``key`` (created closed on first use); a read, except that first time.
+
+        With ``fingerprint``, the row carries that credential's proof, read in the same statement: a proof is
+        written after the opening its result caused, so whoever sees the proof sees that opening too.
+        """
         with self._db.transaction(write=False) as session:
             now = self._now(session)
-            row = session.one("SELECT * FROM gateway_state WHERE key = ?", key)
+            row = session.one(
+                "SELECT g.*, c.epoch AS proof_epoch, c.proven_at AS proof_at, c.proven_by AS proof_by"
+                " FROM gateway_state g LEFT JOIN credential_proofs c ON c.key = g.key AND c.fingerprint = ?"
+                " WHERE g.key = ?",
+                fingerprint or "",
+                key,
+            )
             if row is not None:
                 return self._load(row, now)
         with self._db.transaction() as session:
@@ -315,6 +350,7 @@ class FlowStore:
                 columns.update(opened_at=now, opened_by=by, failed_probes=0)
             if reason == BreakerReason.CREDENTIAL:
                 columns.update(credential_epoch=row.credential_epoch + 1, canary_id=None, canary_until=None)
+                session.run("DELETE FROM credential_proofs WHERE key = ?", key)
             self._update(session, key, **columns)
             return self._load(self._breaker_row(session, key, lock=False), now)
 
@@ -387,6 +423,53 @@ class FlowStore:
                 return False
             self._update(session, key, canary_id=canary_id, canary_owner=owner, canary_until=now + lease)
             return True
+
+    def prove_credential(self, key: str, fingerprint: str, *, epoch: int, by: str) -> bool:
+        """Record that a result proved the credential ``fingerprint`` in credential epoch ``epoch``.
+
+        Refused (False) when a credential condition started a newer epoch meanwhile: that proof is stale.
+        """
+        with self._db.transaction() as session:
+            now = self._now(session)
+            row = self._load(self._breaker_row(session, key, lock=True), now)
+            if row.credential_epoch != epoch:
+                return False
+            session.run(
+                "INSERT INTO credential_proofs (key, fingerprint, epoch, proven_at, proven_by, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key, fingerprint) DO UPDATE SET epoch = excluded.epoch,"
+                " proven_at = excluded.proven_at, proven_by = excluded.proven_by, updated_at = excluded.updated_at",
+                key,
+                fingerprint,
+                epoch,
+                now,
+                by,
+                self._stamp(session),
+            )
+            return True
+
+    def credential_proofs(self, key: str) -> list[CredentialProof]:
+        """The credentials proven since the last credential condition, oldest first (for operators)."""
+        with self._db.transaction(write=False) as session:
+            rows = session.all(
+                "SELECT c.proven_at AS proven_at, c.proven_by AS proven_by FROM credential_proofs c"
+                " JOIN gateway_state g ON g.key = c.key AND g.credential_epoch = c.epoch"
+                " WHERE c.key = ? ORDER BY c.proven_at",
+                key,
+            )
+        return [CredentialProof(float(row["proven_at"]), str(row["proven_by"])) for row in rows]
+
+    def salt(self, name: str) -> bytes:
+        """The deployment's random salt called ``name``, made by whichever process asks first."""
+        with self._db.transaction() as session:
+            session.run(
+                "INSERT INTO salts (name, salt, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                name,
+                secrets.token_hex(32),
+                self._stamp(session),
+            )
+            row = session.one("SELECT salt FROM salts WHERE name = ?", name)
+        assert row is not None
+        return bytes.fromhex(str(row["salt"]))
 
     def release_canary(self, key: str, canary_id: str) -> None:
         with self._db.transaction() as session:

@@ -219,6 +219,32 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX IF NOT EXISTS stale_answers_payout ON stale_answers (payout_id, id)",
         ),
     ),
+    (
+        6,
+        (
+            # The credential proven by a result, shared by every replica whose credential has the same
+            # fingerprint (worker.ledger.flow_state): valid while ``epoch`` is the breaker's credential epoch.
+            """
+            CREATE TABLE IF NOT EXISTS credential_proofs (
+                key TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                proven_at DOUBLE PRECISION NOT NULL,
+                proven_by TEXT NOT NULL,
+                updated_at {ts} NOT NULL,
+                PRIMARY KEY (key, fingerprint)
+            )
+            """,
+            # Random per-deployment salts, made on first use (the credential fingerprint's).
+            """
+            CREATE TABLE IF NOT EXISTS salts (
+                name TEXT PRIMARY KEY,
+                salt TEXT NOT NULL,
+                created_at {ts} NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]
