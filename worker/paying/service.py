@@ -35,7 +35,16 @@ from worker.ledger.gauges import GAUGE_INTERVAL, update_ledger_gauges
 from worker.ledger.lookups import LookupAction, LookupTrigger, QueryResponse
 from worker.paying.handler import PayoutProcessor
 from worker.paying.lookups import LookupRunner
-from worker.payouts.models import FINAL_STATUSES, ROUTING_KEYS, CommandId, PayoutStatus, RejectionReason
+from worker.payouts.models import (
+    COMMAND_REFUSED_KEY,
+    FINAL_STATUSES,
+    ROUTING_KEYS,
+    CommandId,
+    PayoutStatus,
+    RefusalReason,
+    RejectionReason,
+)
+from worker.payouts.policy import SendAnswer, StaleAction
 from worker.protocol.codes import ResponseOutcome
 from worker.protocol.request import STATUS_QUERY_COMMAND
 from worker.settings import Settings
@@ -50,13 +59,15 @@ def worker_series(deferral_tiers: Iterable[str]) -> metrics.BoundedSeries:
     commands = (*CommandId, STATUS_QUERY_COMMAND)
     return {
         metrics.COMMANDS_REJECTED: metrics.every(reason=RejectionReason),
+        metrics.COMMANDS_REFUSED: metrics.every(reason=RefusalReason),
+        metrics.STALE_ANSWERS: metrics.every(answer=SendAnswer, action=StaleAction),
         metrics.DEAD_LETTERS: metrics.every(reason=RejectionReason),
         metrics.B2C_CALLS: metrics.every(command=commands, outcome=(*ResponseOutcome, "not_sent")),
         metrics.B2C_CALL_SECONDS: metrics.every(command=commands),
         metrics.B2C_RETRIES: metrics.every(reason=AttemptReason),
         metrics.PAYOUT_TRANSITIONS: metrics.every(status=PayoutStatus),
         metrics.COMMAND_TO_FINAL_SECONDS: metrics.every(status=FINAL_STATUSES),
-        metrics.EVENTS_PUBLISHED: metrics.every(routing_key=ROUTING_KEYS),
+        metrics.EVENTS_PUBLISHED: metrics.every(routing_key=(*sorted(ROUTING_KEYS), COMMAND_REFUSED_KEY)),
         metrics.LOOKUPS: metrics.every(trigger=LookupTrigger, action=LookupAction),
         metrics.STATUS_QUERIES: metrics.every(outcome=QueryResponse),
         metrics.CIRCUIT_OPENINGS: metrics.every(reason=BreakerReason),
