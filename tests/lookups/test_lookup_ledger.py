@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypedDict, Unpack
+from typing import Any, TypedDict, Unpack, cast
 
 import pytest
 
 from tests.support.commands import make_command
-from tests.support.ledger import make_result, ocid, result_body
+from tests.support.ledger import Database, make_result, ocid, result_body
 from worker.errors import RearmRefused, UnknownPayout
 from worker.ledger import (
     ApplyOutcome,
@@ -21,8 +23,10 @@ from worker.ledger import (
     LookupTrigger,
     QueryResponse,
 )
+from worker.paying.lookups import LookupRunner
 from worker.payouts.models import PayoutStatus
 from worker.protocol.result import QueueTimeout, build_result_envelope, parse_result_envelope
+from worker.settings import Settings, load_settings
 
 
 class Due(TypedDict):
@@ -425,3 +429,40 @@ def test_an_answer_saying_paid_is_matched_like_a_direct_result(
     assert released.payout is not None and released.payout.status is PayoutStatus.COMPLETED
     assert ledger.quarantine.entries() == []
     assert ledger.lookups.count_flagged() == 0
+
+
+def test_a_task_says_how_long_its_lookups_have_run_on_the_database_clock(ledger: Ledger) -> None:
+    payout_id = unknown_payout(ledger)
+    assert due(ledger)[payout_id].elapsed is None, "no lookup made yet"
+    query(ledger, payout_id)
+    task = due(ledger)[payout_id]
+    assert task.started_at is not None and task.elapsed is not None
+    assert 0.0 <= task.elapsed < 60.0
+
+
+def test_the_time_budget_is_judged_by_elapsed_time_not_by_this_host_clock(ledger: Ledger) -> None:
+    """A task whose lookups started 10 s ago (database clock) is in budget whatever this host's clock says
+    about ``started_at``; one past the budget is flagged."""
+    settings = load_settings({"B2C_LOOKUP_MAX_SECONDS": "3600"})
+    runner = LookupRunner(settings, ledger.lookups, ledger.payouts, cast(Any, None), cast(Any, None))
+    payout = ledger.payouts.get(unknown_payout(ledger))
+    assert payout is not None
+    hours_ago = datetime.now(UTC) - timedelta(hours=5)
+    fresh = LookupTask(payout, 1, hours_ago, LookupTrigger.UNKNOWN, LookupAction.QUERY, elapsed=10.0)
+    spent = LookupTask(payout, 1, datetime.now(UTC), LookupTrigger.UNKNOWN, LookupAction.QUERY, elapsed=3600.0)
+    assert runner._exhausted(fresh) is None
+    assert runner._exhausted(spent) is FlagReason.MAX_SECONDS
+
+
+def test_a_trigger_written_by_a_newer_version_does_not_stop_the_lookup(
+    ledger_env: dict[str, str], make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(**ledger_env).ledger
+    database = Database("sqlite" if settings.database_url is None else "postgres", settings)
+    ledger = database.open()
+    try:
+        payout_id = unknown_payout(ledger)
+        database.execute("UPDATE payouts SET lookup_trigger = ? WHERE payout_id = ?", "from_a_newer_version", payout_id)
+        assert due(ledger)[payout_id].trigger is LookupTrigger.UNKNOWN
+    finally:
+        ledger.close()

@@ -412,20 +412,23 @@ def _count_attempt(work: Work, payout_id: str, retry_after: float, *, resend_due
 def _task(work: Work, row: Row) -> LookupTask:
     payout = load(work.session.engine, row)
     engine = work.session.engine
-    if row["lookup_trigger"]:
+    # A trigger this version does not know (a newer one's) only labels the lookup: fall back, never fail.
+    known = {str(trigger) for trigger in LookupTrigger}
+    if row["lookup_trigger"] in known:
         trigger = LookupTrigger(row["lookup_trigger"])
     elif payout.status is PayoutStatus.ACCEPTED:
         trigger = LookupTrigger.MISSING_RESULT
     else:
         trigger = LookupTrigger.UNKNOWN
     resend = bool(row["resend_due"]) and payout.status in (PayoutStatus.UNKNOWN, PayoutStatus.SENDING)
-    started = row["lookup_started_at"]
+    started = None if row["lookup_started_at"] is None else engine.from_db_time(row["lookup_started_at"])
     return LookupTask(
         payout=payout,
         attempts=int(row["lookup_attempts"]),
-        started_at=None if started is None else engine.from_db_time(started),
+        started_at=started,
         trigger=trigger,
         action=LookupAction.RESEND if resend else LookupAction.QUERY,
+        elapsed=None if started is None else (work.now - started).total_seconds(),
     )
 
 

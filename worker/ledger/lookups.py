@@ -64,7 +64,8 @@ class LookupTask:
     """A payout due for a lookup, claimed by one lookup runner for ``lease_seconds``.
 
     ``attempts`` counts the lookups (queries and resends) already made since the payout was (re)armed,
-    ``started_at`` is when the first of them was made (None before any).
+    ``started_at`` is when the first of them was made (None before any), and ``elapsed`` the seconds since
+    then on the database's clock, which every replica shares (a host whose clock is off flags nothing early).
     """
 
     payout: Payout
@@ -72,6 +73,7 @@ class LookupTask:
     started_at: datetime | None
     trigger: LookupTrigger
     action: LookupAction
+    elapsed: float | None = None
 
 
 @dataclass(frozen=True)

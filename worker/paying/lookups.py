@@ -21,9 +21,7 @@ at WARNING. No timer here ever makes a payout ``failed``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Protocol
 
 from worker import metrics
@@ -83,7 +81,6 @@ class LookupRunner:
         gateway: LookupGateway,
         relay: EventRelay,
         *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         send_lease_seconds: float | None = None,
     ) -> None:
         self._settings = settings.lookup
@@ -91,7 +88,6 @@ class LookupRunner:
         self._payouts = payouts
         self._gateway = gateway
         self._relay = relay
-        self._clock = clock
         # A payout still ``sending`` after the lease of the consumer's sends has no send running any more.
         self.stuck_after = send_lease_seconds if send_lease_seconds is not None else send_lease(settings.mpesa)
 
@@ -145,8 +141,7 @@ class LookupRunner:
     def _exhausted(self, task: LookupTask) -> FlagReason | None:
         if task.attempts >= self._settings.max_attempts:
             return FlagReason.MAX_ATTEMPTS
-        started = task.started_at
-        if started is not None and (self._clock() - started).total_seconds() >= self._settings.max_seconds:
+        if task.elapsed is not None and task.elapsed >= self._settings.max_seconds:
             return FlagReason.MAX_SECONDS
         return None
 
