@@ -72,6 +72,10 @@ UNKNOWN_SECONDS = Histogram(
 QUEUE_DEPTH = Gauge("mpesa_b2c_command_queue_depth", "Messages ready in the command queue")
 PREFETCH = Gauge("mpesa_b2c_consumer_prefetch", "Prefetch count of this worker's consumer")
 DEAD_LETTERS = Counter("mpesa_b2c_dead_letters_total", "Commands copied to the dead-letter queue", ["reason"])
+DEAD_QUEUE_DEPTH = Gauge(
+    "mpesa_b2c_dead_queue_depth",
+    "Messages ready in the dead-letter queue, the broker's own dead-lettering (delivery limit) included",
+)
 # Looking up unknowns and lost results (worker.paying.lookups, worker.ledger.lookup_store).
 LOOKUPS = Counter(
     "mpesa_b2c_lookups_total",

@@ -157,8 +157,11 @@ class WorkerService:
     def _queue_gauge(self) -> None:
         connection = connect(self.settings.amqp.url, name="mpesa-b2c-gauge")
         try:
-            depth = queue_depth(connection.channel(), self.settings.amqp.command_queue)
-            metrics.QUEUE_DEPTH.set(depth)
+            channel = connection.channel()
+            metrics.QUEUE_DEPTH.set(queue_depth(channel, self.settings.amqp.command_queue))
+            # The broker dead-letters a command over the delivery limit without telling the worker: only the
+            # dead queue's depth shows it (MpesaB2CDeadQueueGrowing).
+            metrics.DEAD_QUEUE_DEPTH.set(queue_depth(channel, self.settings.amqp.dead_queue))
         finally:
             with contextlib.suppress(Exception):
                 connection.close()
