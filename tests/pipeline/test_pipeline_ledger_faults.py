@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.support import commands
 from tests.support.pipeline import Harness
-from tests.support.tcp_proxy import TcpProxy
-from tests.support.waiting import wait_until
 from worker.amqp.consumer import Delivery
 from worker.errors import LedgerError
 from worker.paying.service import WorkerService
@@ -104,43 +101,3 @@ def test_a_ledger_error_after_the_send_leaves_a_payout_the_lookup_runner_settles
     h.events.wait_for(lambda e: len(e.of("payout.completed")) == 1, 45, "the payout settled by a lookup")
     assert h.paid_by_originator() == {ocid: 1}
     assert worker.ledger.lookups.status_queries("lost-0001"), "settled by a status query"
-
-
-@pytest.fixture
-def pg_proxy() -> Iterator[TcpProxy]:
-    proxy = TcpProxy(5432)
-    yield proxy
-    proxy.close()
-
-
-@pytest.mark.parametrize("ledger_env", ["postgres"], indirect=True)
-def test_a_fast_failing_database_does_not_spin_commands_to_the_delivery_limit(
-    harness_factory: Callable[..., Harness], ledger_env: dict[str, str], pg_proxy: TcpProxy
-) -> None:
-    """PostgreSQL refused twice for 4 s in the middle of a batch (as when it restarts): the commands in
-    flight back off (consumer paused, copies in the delay tiers) instead of being redelivered to the delivery
-    limit and dead-lettered by the broker; once it is back every payout ends final, each paid once."""
-    # The harness reads this very dict: the worker and the receiver reach the database through the proxy.
-    ledger_env["B2C_DATABASE_URL"] = ledger_env["B2C_DATABASE_URL"].replace(":5432/", f":{pg_proxy.port}/")
-    h = harness_factory(SimulatorOptions(result_delay=0.05, latency=0.3), **{**FAST_LOOKUPS, "B2C_DELIVERY_LIMIT": "5"})
-    worker = _worker(h)
-    worker.lookups.stuck_after = 1.0
-    worker.processor.send_lease_seconds = 1.0
-    batch = [commands.command("cut", n) for n in range(60)]
-    h.publish(batch)
-    for done in (3, 25):
-
-        def made(n: int = done) -> bool:
-            return len(h.payments()) >= n
-
-        wait_until(made, 60, f"{done} payments made")
-        pg_proxy.cut()
-        wait_until(lambda: worker.consumer.paused, 10, "the consumer paused while the ledger fails")
-        time.sleep(4.0)  # the outage itself, not a wait for a condition
-        pg_proxy.restore()
-    h.events.wait_for(
-        lambda e: len({x["payout_id"] for x in e.of("payout.completed")}) == 60, 120, "all 60 payouts completed"
-    )
-    assert h.dead_letters() == [], "a command was dead-lettered"
-    paid = h.paid_by_originator()
-    assert len(paid) == 60 and set(paid.values()) == {1}
