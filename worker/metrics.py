@@ -87,6 +87,10 @@ STALE_ANSWERS = Counter(
     "Answers to a send whose payout was claimed again meanwhile; kept, applied only if an acceptance",
     ["answer", "action"],
 )
+DEAD_QUEUE_DEPTH = Gauge(
+    "mpesa_b2c_dead_queue_depth",
+    "Messages ready in the dead-letter queue, the broker's own dead-lettering (delivery limit) included",
+)
 # Looking up unknowns and lost results (worker.paying.lookups, worker.ledger.lookup_store).
 LOOKUPS = Counter(
     "mpesa_b2c_lookups_total",

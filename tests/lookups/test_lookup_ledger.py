@@ -466,3 +466,16 @@ def test_a_trigger_written_by_a_newer_version_does_not_stop_the_lookup(
         assert due(ledger)[payout_id].trigger is LookupTrigger.UNKNOWN
     finally:
         ledger.close()
+
+
+def test_a_workers_orphaned_send_is_due_after_the_consumers_lease_whatever_its_lookup_count(ledger: Ledger) -> None:
+    """``sending`` after a worker's send (lookup count 0): it died, or the ledger failed after the send, and
+    no queue message may come back for it. The consumer's own resume gets one lease first; then the lookup
+    runner owns it, and its first step is a status query (same payout, no resend under any id)."""
+    command = make_command()
+    ledger.payouts.record(command, ocid(command.payout_id))
+    assert ledger.payouts.claim_send(command.payout_id, expected_attempts=0) is not None
+    assert command.payout_id not in due(ledger, stuck_after=60.0), "the consumer's lease comes first"
+    time.sleep(0.05)
+    task = due(ledger, stuck_after=0.01)[command.payout_id]
+    assert (task.action, task.attempts, task.payout.status) == (LookupAction.QUERY, 0, PayoutStatus.SENDING)

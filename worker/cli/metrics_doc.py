@@ -60,6 +60,7 @@ SET_BY: dict[str, tuple[str, ...]] = {
     "mpesa_b2c_command_queue_depth": (WORKER,),
     "mpesa_b2c_consumer_prefetch": (WORKER,),
     "mpesa_b2c_dead_letters_total": (WORKER,),
+    "mpesa_b2c_dead_queue_depth": (WORKER,),
     "mpesa_b2c_lookups_total": (WORKER,),
     "mpesa_b2c_status_queries_total": (WORKER,),
     "mpesa_b2c_status_query_answers_total": (RECEIVER,),

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from worker.errors import B2CError
 from worker.flow.breaker import FINGERPRINT_SALT, Accepting, CircuitBreaker, credential_fingerprint, safe_tick
 from worker.flow.limiter import RateLimiter
 from worker.gateway.g2 import AttemptReason, HoldReason
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 CANARY_WAIT = 5.0
 # How long one canary may stay unresolved before another request may try: the send itself, then its result.
 CANARY_RESULT_WAIT = 20.0
+# How long the consumer stays paused after a ledger error: doubling per error in a row, up to the maximum.
+LEDGER_BACKOFF_FIRST = 0.5
+LEDGER_BACKOFF_MAX = 15.0
 
 
 class FlowControl:
@@ -62,6 +67,9 @@ class FlowControl:
             fingerprint=credential_fingerprint(mpesa, store.salt(FINGERPRINT_SALT)),
         )
         self.limiter = RateLimiter(store, mpesa.shortcode, rate=flow.rate_limit, burst=flow.rate_burst, stop=self.stop)
+        self._ledger_lock = threading.Lock()
+        self._ledger_errors = 0
+        self._ledger_hold_until = 0.0
 
     # ------------------------------------------------------------------------ the consumer's side
 
@@ -72,10 +80,35 @@ class FlowControl:
             self._on_hold(held)
         return held
 
+    def ledger_failed(self, why: str) -> None:
+        """A command could not be handled because the ledger failed: stop taking commands for a while, so
+        a fast-failing database does not spin deliveries to the queue's delivery limit. :meth:`tick` resumes
+        once the hold is over and the ledger answers again."""
+        with self._ledger_lock:
+            self._ledger_errors += 1
+            backoff = min(LEDGER_BACKOFF_MAX, LEDGER_BACKOFF_FIRST * 2 ** min(self._ledger_errors - 1, 16))
+            self._ledger_hold_until = max(self._ledger_hold_until, time.monotonic() + backoff)
+        if self._on_hold is not None:
+            self._on_hold(f"ledger unavailable: {why}")
+
     def tick(self) -> Accepting:
-        """For a background loop: probes, shared state, gauges; whether to take commands now."""
-        self.limiter.refresh()
-        return safe_tick(self.breaker)
+        """For a background loop: probes, shared state, gauges; whether to take commands now. A ledger that
+        cannot be read keeps the safe side (pause), whichever part of the tick it failed."""
+        try:
+            self.limiter.refresh()
+        except B2CError as exc:
+            log.warning("rate limit state unavailable: %s", exc)
+            return Accepting(False, f"rate limit state unavailable: {exc}")
+        decision = safe_tick(self.breaker)
+        if not decision.accepting:
+            return decision
+        with self._ledger_lock:
+            now = time.monotonic()
+            if now < self._ledger_hold_until:
+                return Accepting(False, "backing off after a ledger error")
+            if now > self._ledger_hold_until + LEDGER_BACKOFF_MAX:  # quiet for a while: the next hold is short
+                self._ledger_errors = 0
+        return decision
 
     @property
     def max_wait_seconds(self) -> float:

@@ -17,6 +17,11 @@ Three ways back, all with nothing sent and nothing paid:
   circuit breaker's business, so it never uses up a payout's tiers.
 - **hold** (not counted): the circuit breaker is open: straight back to the command queue, whose consumer
   is cancelled until the breaker closes.
+
+And one way back for a command whose handling the **ledger** failed (:meth:`Deferrer.back_off`): the copy
+waits in the tiers in turn (first, second, ... last, last) and carries ``x-b2c-ledger-errors``, so a fast-failing
+database never spins a delivery to the queue's delivery limit. After ``LEDGER_RETRIES`` the caller
+dead-letters it, counted and alerted: what the payout became is in the ledger, not in the message.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ log = logging.getLogger(__name__)
 
 DEFERRALS_HEADER = "x-b2c-deferrals"
 HELD_HEADER = "x-b2c-held"
+LEDGER_ERRORS_HEADER = "x-b2c-ledger-errors"
+LEDGER_HOLD = "ledger_unavailable"  # the COMMANDS_HELD label of a command put back after a ledger error
+LEDGER_RETRIES = 12
 # Broker bookkeeping of the delivery being replaced; the copy is a new message.
 _BROKER_HEADERS = ("x-delivery-count", "x-death", "x-first-death-", "x-last-death-")
 
@@ -79,7 +87,15 @@ Plan = Hold | Park | Defer | GiveUp
 
 
 def deferrals_of(delivery: Delivery) -> int:
-    value = delivery.headers.get(DEFERRALS_HEADER, 0)
+    return _count(delivery, DEFERRALS_HEADER)
+
+
+def ledger_errors_of(delivery: Delivery) -> int:
+    return _count(delivery, LEDGER_ERRORS_HEADER)
+
+
+def _count(delivery: Delivery, header: str) -> int:
+    value = delivery.headers.get(header, 0)
     return value if isinstance(value, int) and value >= 0 else 0
 
 
@@ -145,6 +161,25 @@ class Deferrer:
             metrics.DEFERRALS.labels(tier=label).inc()
         else:
             metrics.COMMANDS_HELD.labels(reason=label).inc()
+        return Ack()
+
+    def back_off(self, delivery: Delivery) -> Disposition | None:
+        """After a ledger error: the copy to the next tier (confirmed), then ack; Requeue if the broker does
+        not take it; None once ``LEDGER_RETRIES`` copies were made (the caller dead-letters it)."""
+        done = ledger_errors_of(delivery)
+        if done >= LEDGER_RETRIES:
+            return None
+        tier = min(done, len(self.tiers) - 1)
+        queue = self.tiers[tier]
+        headers = _copy_headers(delivery.headers)
+        headers[LEDGER_ERRORS_HEADER] = done + 1
+        try:
+            self._declare(tier)
+            self._publish(queue, delivery, headers)
+        except B2CError as exc:
+            log.warning("could not put message_id=%s on %r (%s); requeueing it", delivery.message_id, queue, exc)
+            return Requeue()
+        metrics.COMMANDS_HELD.labels(reason=LEDGER_HOLD).inc()
         return Ack()
 
     def close(self) -> None:

@@ -58,6 +58,7 @@ _DUE_SQL = (
     " OR (status = ? AND updated_at <= ?)"
     " OR (status = ? AND accepted_at <= ?)"
     " OR (status = ? AND lookup_attempts > 0 AND updated_at <= ?)"
+    " OR (status = ? AND lookup_attempts = 0 AND updated_at <= ?)"
     ") ORDER BY COALESCE(next_lookup_at, updated_at), payout_id LIMIT ?"
 )
 
@@ -127,9 +128,14 @@ class LookupStore:
         Due: any payout with a lookup scheduled for now or earlier (after an earlier lookup, a queue timeout,
         a duplicate answer, a held success); ``unknown`` for ``unknown_after`` seconds; ``accepted`` for
         ``result_timeout`` seconds without a result; ``sending`` for ``stuck_after`` seconds after a resend
-        of ours (a lookup runner that died mid-resend; no queue message will ever finish it). Flagged payouts
-        are never due. Claiming moves ``next_lookup_at`` past the lease, so concurrent lookup runners (several
-        workers on one PostgreSQL ledger; ``SKIP LOCKED``) do not pick the same payout.
+        of ours (a lookup runner that died mid-resend; no queue message will ever finish it); ``sending`` for
+        twice ``stuck_after`` after a worker's send (it died, or its ledger failed after the send, and no
+        queue message may ever come back for it). The second lease is the consumer's: a redelivery resumes
+        its own orphan first, and the lookup runner's first step is a status query, not a resend, so a send
+        is never doubled and never made under a new OriginatorConversationID. Every threshold is on the
+        ledger's clock, the one that stamped ``updated_at``. Flagged payouts are never due. Claiming moves
+        ``next_lookup_at`` past the lease, so concurrent lookup runners (several workers on one PostgreSQL
+        ledger; ``SKIP LOCKED``) do not pick the same payout.
         """
         with self._tx.write() as work:
             session, now = work.session, work.now
@@ -148,6 +154,8 @@ class LookupStore:
                 before(result_timeout),
                 _SENDING,
                 before(stuck_after),
+                _SENDING,
+                before(2 * stuck_after),
                 limit,
             )
             tasks = []

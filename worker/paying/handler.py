@@ -24,7 +24,7 @@ from typing import Protocol
 
 from worker import metrics
 from worker.amqp.consumer import Ack, DeadLetter, Delivery, Disposition, Requeue
-from worker.errors import B2CError, InvalidCommand, ProtocolError
+from worker.errors import B2CError, InvalidCommand, LedgerError, ProtocolError
 from worker.flow.control import FlowControl
 from worker.flow.deferral import Deferrer, GiveUp, Hold
 from worker.gateway.g2 import AttemptReason, GatewayAnswer
@@ -48,6 +48,9 @@ from worker.redact import mask_msisdn
 from worker.settings import MpesaSettings, Settings
 
 log = logging.getLogger(__name__)
+
+# The x-b2c-reason (and dead-letter metric label) of a command the ledger kept failing on.
+LEDGER_ERROR = "ledger_error"
 
 
 class PaymentGateway(Protocol):
@@ -107,6 +110,29 @@ class PayoutProcessor:
         self.send_lease_seconds = send_lease_seconds(self._mpesa, flow.max_wait_seconds if flow is not None else 0.0)
 
     def handle(self, delivery: Delivery) -> Disposition:
+        try:
+            return self._process(delivery)
+        except LedgerError as exc:
+            return self._ledger_failed(delivery, exc)
+
+    def _ledger_failed(self, delivery: Delivery, exc: LedgerError) -> Disposition:
+        """The ledger failed somewhere in the handling: never an immediate requeue, which a fast-failing
+        database spins to the delivery limit in a fraction of a second (the broker then dead-letters the
+        command, uncounted, and a payout may stay ``received`` or ``sending``). The consumer pauses and the
+        command waits in a delay tier; whatever the payout became is in the ledger, and the copy (or the
+        lookup runner, for a payout left ``sending``) finishes it."""
+        log.warning("message_id=%s: the ledger failed (%s); backing off", delivery.message_id, exc)
+        if self._flow is not None:
+            self._flow.ledger_failed(type(exc).__name__)
+        if self._deferrer is None:
+            return Requeue()
+        backed_off = self._deferrer.back_off(delivery)
+        if backed_off is not None:
+            return backed_off
+        metrics.DEAD_LETTERS.labels(reason=LEDGER_ERROR).inc()
+        return DeadLetter(LEDGER_ERROR, f"the ledger failed on every try, the last time with: {exc}")
+
+    def _process(self, delivery: Delivery) -> Disposition:
         metrics.COMMANDS_RECEIVED.inc()
         try:
             command = self._validate(delivery.body)
@@ -151,15 +177,16 @@ class PayoutProcessor:
         after = self._payouts.claim_send(payout.payout_id, expected_attempts=payout.send_attempts)
         return _Claim(payout, claimed=False) if after is None else _Claim(after, claimed=True)
 
-    def _resume(self, payout: Payout, delivery: Delivery) -> _Claim:
+    def _resume(self, payout: Payout, delivery: Delivery) -> _Claim:  # noqa: C901 - money path: one branch per state, in one reviewed order
         """A command we already recorded: finish it if its earlier handling died, else answer as duplicate.
 
-        ``sending``: either another thread/process is sending right now, or one died mid-send. Only a
-        redelivery can be the orphan of a dead worker; it waits (bounded) until the send lease runs out on
-        the database's clock, then resends. Its resend passes the circuit breaker like every request (the
-        gateway's flow observer). A send it waits on may end "not processed" and put the payout back to
-        ``received``, and that sender's requeue may be lost with its connection (this delivery may be the
-        very message): so a ``received`` payout is claimed and sent here, never acked as a duplicate.
+        ``sending``: either another thread/process is sending right now, or one died mid-send. Past the send
+        lease (on the database's clock) no send is running: any delivery (a redelivery, a replay, a copy
+        parked after a ledger error) resumes it. A redelivery, likely the orphan of a dead worker, waits
+        (bounded) for the lease; others do not hold a thread. The resend passes the circuit breaker like every
+        request (the gateway's flow observer). A send it waits on may end "not processed" and put the payout
+        back to ``received``, and that sender's requeue may be lost with its connection (this delivery may be
+        the very message): so a ``received`` payout is claimed and sent here, never acked as a duplicate.
         """
         deadline = time.monotonic() + self.send_lease_seconds
         current, age = payout, None
@@ -168,7 +195,7 @@ class PayoutProcessor:
                 claim = self._claim(current)
                 if claim.claimed:
                     return claim
-            elif current.status is not PayoutStatus.SENDING or not delivery.redelivered:
+            elif current.status is not PayoutStatus.SENDING:
                 return _Claim(current, claimed=False)
             elif age is not None and age >= self.send_lease_seconds:
                 claimed = self._payouts.claim_send(
@@ -180,6 +207,8 @@ class PayoutProcessor:
                         current.payout_id,
                     )
                     return _Claim(claimed, claimed=True, resend=True)
+            elif age is not None and not delivery.redelivered:
+                return _Claim(current, claimed=False)  # a live send: answered as a duplicate at once
             elif age is not None and time.monotonic() > deadline:
                 log.warning("payout %s: still sending under a live lease after waiting; requeued", current.payout_id)
                 return _Claim(current, claimed=False, requeue=True)
@@ -350,6 +379,8 @@ class PayoutProcessor:
             log.info("payout %s: invalid command refused, payout (%s) untouched", recorded.payout_id, recorded.status)
         try:
             self._relay.flush(payout_id)
+        except LedgerError:
+            raise
         except B2CError as error:
             log.warning("rejection event stays in the outbox for now: %s", error)
             return Requeue()
@@ -359,6 +390,8 @@ class PayoutProcessor:
     def _publish_then_ack(self, payout_id: str) -> Disposition:
         try:
             self._relay.flush(payout_id)
+        except LedgerError:
+            raise  # backed off in handle: an immediate requeue would spin while the ledger fails
         except B2CError as exc:
             # The ledger has it; the relay publishes it later. Not acking makes the broker redeliver.
             log.warning("payout %s: events stay in the outbox for now: %s", payout_id, exc)

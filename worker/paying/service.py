@@ -24,7 +24,7 @@ from worker.background import Background
 from worker.errors import B2CError
 from worker.events.relay import relay_for
 from worker.flow.control import FlowControl
-from worker.flow.deferral import Deferrer
+from worker.flow.deferral import LEDGER_HOLD, Deferrer
 from worker.flow.limiter import RateDirection
 from worker.gateway import callback_urls
 from worker.gateway.g2 import AttemptReason, Gateway, HoldReason
@@ -33,7 +33,7 @@ from worker.ledger import open_ledger
 from worker.ledger.flow_state import BreakerReason
 from worker.ledger.gauges import GAUGE_INTERVAL, update_ledger_gauges
 from worker.ledger.lookups import LookupAction, LookupTrigger, QueryResponse
-from worker.paying.handler import PayoutProcessor
+from worker.paying.handler import LEDGER_ERROR, PayoutProcessor
 from worker.paying.lookups import LookupRunner
 from worker.payouts.models import (
     COMMAND_REFUSED_KEY,
@@ -61,7 +61,7 @@ def worker_series(deferral_tiers: Iterable[str]) -> metrics.BoundedSeries:
         metrics.COMMANDS_REJECTED: metrics.every(reason=RejectionReason),
         metrics.COMMANDS_REFUSED: metrics.every(reason=RefusalReason),
         metrics.STALE_ANSWERS: metrics.every(answer=SendAnswer, action=StaleAction),
-        metrics.DEAD_LETTERS: metrics.every(reason=RejectionReason),
+        metrics.DEAD_LETTERS: metrics.every(reason=(*RejectionReason, LEDGER_ERROR)),
         metrics.B2C_CALLS: metrics.every(command=commands, outcome=(*ResponseOutcome, "not_sent")),
         metrics.B2C_CALL_SECONDS: metrics.every(command=commands),
         metrics.B2C_RETRIES: metrics.every(reason=AttemptReason),
@@ -71,7 +71,7 @@ def worker_series(deferral_tiers: Iterable[str]) -> metrics.BoundedSeries:
         metrics.LOOKUPS: metrics.every(trigger=LookupTrigger, action=LookupAction),
         metrics.STATUS_QUERIES: metrics.every(outcome=QueryResponse),
         metrics.CIRCUIT_OPENINGS: metrics.every(reason=BreakerReason),
-        metrics.COMMANDS_HELD: metrics.every(reason=HoldReason),
+        metrics.COMMANDS_HELD: metrics.every(reason=(*HoldReason, LEDGER_HOLD)),
         metrics.DEFERRALS: metrics.every(tier=deferral_tiers),
         metrics.RATE_LIMIT_ADJUSTMENTS: metrics.every(direction=RateDirection),
     }
@@ -196,8 +196,11 @@ class WorkerService:
     def _queue_gauge(self) -> None:
         connection = connect(self.settings.amqp.url, name="mpesa-b2c-gauge")
         try:
-            depth = queue_depth(connection.channel(), self.settings.amqp.command_queue)
-            metrics.QUEUE_DEPTH.set(depth)
+            channel = connection.channel()
+            metrics.QUEUE_DEPTH.set(queue_depth(channel, self.settings.amqp.command_queue))
+            # The broker dead-letters a command over the delivery limit without telling the worker: only the
+            # dead queue's depth shows it (MpesaB2CDeadQueueGrowing).
+            metrics.DEAD_QUEUE_DEPTH.set(queue_depth(channel, self.settings.amqp.dead_queue))
         finally:
             with contextlib.suppress(Exception):
                 connection.close()
