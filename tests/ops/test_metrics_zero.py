@@ -14,6 +14,7 @@ from worker import metrics
 from worker.cli import metrics_doc
 from worker.gateway.g2 import AttemptReason
 from worker.ledger.quarantine import REASON_UNPARSABLE
+from worker.paying.handler import LEDGER_ERROR
 from worker.paying.service import worker_series
 from worker.payouts.models import RejectionReason
 from worker.receiver.guard import Refusal
@@ -83,7 +84,8 @@ def test_a_fresh_process_shows_every_bounded_series_at_zero(tmp_path: Path) -> N
     def values(name: str, label: str) -> dict[str, float]:
         return {labels[label]: value for sample, labels, value in samples if sample == name and label in labels}
 
-    assert values("mpesa_b2c_dead_letters_total", "reason") == dict.fromkeys(map(str, RejectionReason), 0.0)
+    dead_reasons = [*map(str, RejectionReason), LEDGER_ERROR]
+    assert values("mpesa_b2c_dead_letters_total", "reason") == dict.fromkeys(dead_reasons, 0.0)
     assert values("mpesa_b2c_commands_rejected_total", "reason") == dict.fromkeys(map(str, RejectionReason), 0.0)
     assert values("mpesa_b2c_gateway_retries_total", "reason") == dict.fromkeys(map(str, AttemptReason), 0.0)
     assert values("mpesa_b2c_deferrals_total", "tier") == {"5s": 0.0, "30s": 0.0}
