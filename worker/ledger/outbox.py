@@ -127,27 +127,14 @@ class OutboxStore:
         if not ids:
             return
         with self._tx.write() as work:
-            for start in range(0, len(ids), _MARK_CHUNK):
-                chunk = [int(value) for value in ids[start : start + _MARK_CHUNK]]
-                work.session.run(
-                    "UPDATE outbox SET claimed_until = NULL WHERE published_at IS NULL"  # noqa: S608 - placeholders
-                    f" AND id IN ({_marks(len(chunk))})",
-                    *chunk,
-                )
+            _update_unpublished(work, "claimed_until = NULL", (), ids)
 
     def mark_published(self, ids: Sequence[int]) -> None:
         """The broker confirmed these events; a repeated or unknown id is ignored."""
         if not ids:
             return
         with self._tx.write() as work:
-            for start in range(0, len(ids), _MARK_CHUNK):
-                chunk = [int(value) for value in ids[start : start + _MARK_CHUNK]]
-                work.session.run(
-                    "UPDATE outbox SET published_at = ? WHERE published_at IS NULL"  # noqa: S608 - placeholders
-                    f" AND id IN ({_marks(len(chunk))})",
-                    work.session.time(work.now),
-                    *chunk,
-                )
+            _update_unpublished(work, "published_at = ?", (work.session.time(work.now),), ids)
 
     def backlog(self) -> int:
         with self._tx.read() as session:
@@ -167,3 +154,15 @@ def _outbox_event(row: Row) -> OutboxEvent:
         event_id=str(row["event_id"]),
         payout_id=row["payout_id"],
     )
+
+
+def _update_unpublished(work: Work, assignment: str, values: tuple[object, ...], ids: Sequence[int]) -> None:
+    """``UPDATE outbox SET <assignment>`` on the still unpublished rows among ``ids``, in bounded chunks."""
+    for start in range(0, len(ids), _MARK_CHUNK):
+        chunk = [int(value) for value in ids[start : start + _MARK_CHUNK]]
+        work.session.run(
+            f"UPDATE outbox SET {assignment} WHERE published_at IS NULL"  # noqa: S608 - fixed text, placeholders
+            f" AND id IN ({_marks(len(chunk))})",
+            *values,
+            *chunk,
+        )

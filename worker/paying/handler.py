@@ -84,6 +84,20 @@ class _Claim:
     requeue: bool = False  # still ``sending`` under a live lease after a whole lease of waiting
 
 
+def pay_payout(gateway: PaymentGateway, payout: Payout) -> GatewayAnswer:
+    """One payment request for a recorded payout, always under its own OriginatorConversationID: the send
+    and every resend (the consumer's after an interrupted send, the lookup runner's after "no record")."""
+    command = payout.command
+    return gateway.pay(
+        originator_conversation_id=payout.originator_conversation_id,
+        command_id=command.command.value,
+        amount=command.amount,
+        msisdn=command.msisdn,
+        remark=command.remarks,
+        reference={"Occasion": command.occasion} if command.occasion else {},
+    )
+
+
 class PayoutProcessor:
     """Handles one command delivery; safe to call from many threads at once."""
 
@@ -221,7 +235,6 @@ class PayoutProcessor:
 
     def _send(self, payout: Payout, delivery: Delivery, *, resend: bool = False) -> Disposition:
         command = payout.command
-        reference = {"Occasion": command.occasion} if command.occasion else {}
         log.info(
             "payout %s: sending %s KES %s to %s (attempt %d)",
             payout.payout_id,
@@ -231,14 +244,7 @@ class PayoutProcessor:
             payout.send_attempts,
         )
         try:
-            answer = self._gateway.pay(
-                originator_conversation_id=payout.originator_conversation_id,
-                command_id=command.command.value,
-                amount=command.amount,
-                msisdn=command.msisdn,
-                remark=command.remarks,
-                reference=reference,
-            )
+            answer = pay_payout(self._gateway, payout)
         except ProtocolError as exc:
             if resend:  # the interrupted send was built from the same command: its fate is still open
                 return self._resend_not_taken(payout, None, None, f"the resend could not be built: {exc}")

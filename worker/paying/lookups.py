@@ -30,7 +30,7 @@ from worker.gateway.g2 import NOT_SENT_REASONS, GatewayAnswer
 from worker.ledger import FlagReason, LookupAction, LookupTask, QueryResponse
 from worker.ledger.lookup_store import LookupQueue
 from worker.ledger.payout_store import Acceptance
-from worker.paying.handler import EventRelay, PaymentGateway
+from worker.paying.handler import EventRelay, PaymentGateway, pay_payout
 from worker.paying.handler import send_lease_seconds as send_lease
 from worker.protocol.codes import ResponseOutcome
 from worker.redact import mask_msisdn
@@ -223,14 +223,7 @@ class LookupRunner:
             payout.send_attempts,
         )
         try:
-            answer = self._gateway.pay(
-                originator_conversation_id=payout.originator_conversation_id,
-                command_id=command.command.value,
-                amount=command.amount,
-                msisdn=command.msisdn,
-                remark=command.remarks,
-                reference={"Occasion": command.occasion} if command.occasion else {},
-            )
+            answer = pay_payout(self._gateway, payout)
         except B2CError as exc:
             self._lookups.resend_not_taken(
                 payout.payout_id, attempt=payout.send_attempts, code=None, description=f"resend not sent: {exc}"
